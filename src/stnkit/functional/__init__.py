@@ -1,0 +1,1 @@
+"""Pure functions: coordinates, grids and point maps of each transform family."""

@@ -1,0 +1,114 @@
+"""Grids and point maps of matrix transforms (affine and its special cases, 2D and 3D, and the
+projective homography), and the parameter -> matrix conversions of each family.
+
+Every matrix here is `src_from_dst`: it maps output (target) coordinates to input (source)
+coordinates, the direction in which the sampler reads.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .coords import axis
+
+# Homogeneous denominators at or below this are "behind the horizon": no source point.
+PROJECTIVE_EPS = 1e-6
+# Where such output pixels sample: far outside the image on every axis, so that every sampling
+# kernel (nearest, bilinear, bicubic) reads only padding there.
+OUTSIDE = -8.0
+
+
+def affine_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """Source coordinates of every output pixel for an affine map.
+
+    src_from_dst: (B, 2, 3) with size (H', W') -> (B, H', W', 2), or (B, 3, 4) with size
+    (D', H', W') -> (B, D', H', W', 3); a (B, 3, 3) homography gives the homogeneous
+    (B, H', W', 3). Equal to `F.affine_grid` (to float rounding) but built
+    as broadcast sums over the matrix's columns, which skips the (B, N, 3) base grid and its
+    batched matmul: one full-size write instead of three.
+    """
+    B, rows, cols_n = src_from_dst.shape  # rows = output coordinates, cols_n = inputs + 1
+    cols = src_from_dst.transpose(1, 2)  # (B, cols_n, rows): column j = coefficient of coordinate j
+    kw = dict(dtype=src_from_dst.dtype, device=src_from_dst.device)
+    if cols_n == 3:
+        H, W = size
+        x, y = axis(W, align_corners, **kw), axis(H, align_corners, **kw)
+        col = cols.view(B, 3, 1, 1, rows)
+        row_part = y.view(1, H, 1, 1) * col[:, 1] + col[:, 2]  # (B, H', 1, rows)
+        return row_part + x.view(1, 1, W, 1) * col[:, 0]  # (B, H', W', rows)
+    D, H, W = size
+    x, y, z = (axis(n, align_corners, **kw) for n in (W, H, D))
+    col = cols.view(B, 4, 1, 1, 1, rows)
+    slab = z.view(1, D, 1, 1, 1) * col[:, 2] + col[:, 3]  # (B, D', 1, 1, rows)
+    slab = slab + y.view(1, 1, H, 1, 1) * col[:, 1]  # (B, D', H', 1, rows)
+    return slab + x.view(1, 1, 1, W, 1) * col[:, 0]  # (B, D', H', W', rows)
+
+
+def affine_points(src_from_dst: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """points: (B, N, d) target -> (B, N, d) source, for src_from_dst (B, d, d + 1)."""
+    d = src_from_dst.shape[1]
+    return torch.baddbmm(src_from_dst[:, None, :, d], points, src_from_dst[:, :, :d].transpose(1, 2))
+
+
+def _safe_divide(num: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """num / w where w > PROJECTIVE_EPS, OUTSIDE elsewhere, with finite gradients everywhere."""
+    valid = w > PROJECTIVE_EPS
+    w_safe = torch.where(valid, w, torch.ones_like(w))
+    return torch.where(valid, num / w_safe, torch.full_like(num, OUTSIDE))
+
+
+def projective_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """Homography grid. src_from_dst: (B, 3, 3) with [2, 2] == 1 -> (B, H', W', 2).
+
+    Output pixels whose denominator h31 x + h32 y + 1 is at or below PROJECTIVE_EPS map to a
+    point far outside the input (they read the padding value), with zero gradient.
+    """
+    full = affine_grid(src_from_dst, size, align_corners)  # (B, H', W', 3), homogeneous
+    return _safe_divide(full[..., :2], full[..., 2:])
+
+
+def projective_points(src_from_dst: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """points: (B, N, 2) target -> (B, N, 2) source through a (B, 3, 3) homography."""
+    full = affine_points(src_from_dst, points)  # (B, N, 3)
+    return _safe_divide(full[..., :2], full[..., 2:])
+
+
+# ---- parameters -> matrices ---------------------------------------------------------------
+
+def translation_matrix(p: torch.Tensor) -> torch.Tensor:
+    """p: (B, d) = t -> (B, d, d + 1) = [I | t]."""
+    B, d = p.shape
+    eye = torch.eye(d, dtype=p.dtype, device=p.device).expand(B, d, d)
+    return torch.cat([eye, p[:, :, None]], dim=2)
+
+
+def attention_matrix(p: torch.Tensor) -> torch.Tensor:
+    """p: (B, 1 + d) = (s, t) -> (B, d, d + 1) = [s I | t]."""
+    B, P = p.shape
+    d = P - 1
+    eye = torch.eye(d, dtype=p.dtype, device=p.device)
+    return torch.cat([p[:, :1, None] * eye, p[:, 1:, None]], dim=2)
+
+
+def similarity_matrix(scale: torch.Tensor, angle: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """scale, angle: (B,), t: (B, 2) -> (B, 2, 3) = [s R(angle) | t]."""
+    c, s = torch.cos(angle) * scale, torch.sin(angle) * scale
+    row0 = torch.stack([c, -s, t[:, 0]], dim=1)
+    row1 = torch.stack([s, c, t[:, 1]], dim=1)
+    return torch.stack([row0, row1], dim=1)
+
+
+def rigid_matrix(p: torch.Tensor) -> torch.Tensor:
+    """p: (B, 3) = (angle, tx, ty) -> (B, 2, 3)."""
+    return similarity_matrix(torch.ones_like(p[:, 0]), p[:, 0], p[:, 1:])
+
+
+def similarity_params_matrix(p: torch.Tensor) -> torch.Tensor:
+    """p: (B, 4) = (s, angle, tx, ty) -> (B, 2, 3)."""
+    return similarity_matrix(p[:, 0], p[:, 1], p[:, 2:])
+
+
+def homography_matrix(p: torch.Tensor) -> torch.Tensor:
+    """p: (B, 8) = h11..h32 -> (B, 3, 3) with h33 = 1."""
+    return torch.cat([p, torch.ones_like(p[:, :1])], dim=1).view(-1, 3, 3)

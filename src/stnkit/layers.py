@@ -1,0 +1,208 @@
+"""SpatialTransformer and the paper's localisation nets: thin modules wiring `stnkit.warp`."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import transforms as _t
+from ._checks import check_size
+from .warp import warp
+
+__all__ = ["SpatialTransformer", "BoundedParams", "fc_localisation", "conv_localisation"]
+
+
+class BoundedParams(nn.Module):
+    """Maps unbounded regression outputs to parameters, squashing the bounded ones.
+
+    bounds: {name: (low, high)} where name is a parameter ("s", "tx", "angle", "a11", ...) or a
+    group of the family ("scale", "translation", "angle", "linear", "perspective", "points").
+    A bounded parameter is low + (high - low) * sigmoid(raw); the others pass through.
+    `raw_identity()` gives the raw values that produce the identity exactly.
+    """
+
+    def __init__(self, family: _t.Transform, bounds: Mapping[str, Sequence[float]]):
+        super().__init__()
+        names = family.param_names
+        low = torch.full((len(names),), -math.inf)
+        high = torch.full((len(names),), math.inf)
+        for key, lh in bounds.items():
+            idx = family.groups.get(key, (key,) if key in names else None)
+            if idx is None:
+                raise ValueError(
+                    f"unknown bound {key!r} for {family.name!r}; use a parameter {list(names)} "
+                    f"or a group {list(family.groups)}"
+                )
+            lo, hi = _pair(key, lh)
+            for n in idx:
+                low[names.index(n)], high[names.index(n)] = lo, hi
+        ident = family.identity_params(dtype=torch.float32)
+        inside = (ident > low) & (ident < high)
+        if not bool(inside.all()):
+            bad = [names[i] for i in (~inside).nonzero().flatten().tolist()]
+            raise ValueError(
+                f"bounds must contain the identity strictly inside so training starts at 'no warp'; "
+                f"{bad} have identity values {ident[~inside].tolist()} outside or on their bounds"
+            )
+        self.register_buffer("low", low, persistent=False)
+        self.register_buffer("high", high, persistent=False)
+        self.register_buffer("bounded", torch.isfinite(low), persistent=False)
+        self.family_name = family.name
+
+    def raw_identity(self, identity: torch.Tensor) -> torch.Tensor:
+        """The raw values (P,) whose image is `identity`."""
+        span = torch.where(self.bounded, self.high - self.low, torch.ones_like(self.low))
+        u = ((identity - torch.where(self.bounded, self.low, torch.zeros_like(self.low))) / span)
+        return torch.where(self.bounded, torch.logit(u.clamp(1e-6, 1 - 1e-6)), identity)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:  # (B, P) -> (B, P)
+        low = torch.where(self.bounded, self.low, torch.zeros_like(self.low))
+        span = torch.where(self.bounded, self.high - self.low, torch.ones_like(self.low))
+        return torch.where(self.bounded, low + span * torch.sigmoid(raw), raw)
+
+    def extra_repr(self) -> str:
+        return f"{self.family_name}, low={self.low.tolist()}, high={self.high.tolist()}"
+
+
+def _pair(key, lh) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in lh)
+    except (TypeError, ValueError):
+        raise ValueError(f"bound {key!r} must be a pair (low, high), got {lh!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bound {key!r} must be finite with low < high, got ({lo}, {hi})")
+    return lo, hi
+
+
+def _features(module: nn.Module) -> int | None:
+    n = getattr(module, "out_features", None)
+    if isinstance(n, int):
+        return n
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+class SpatialTransformer(nn.Module):
+    """A spatial transformer: localisation net -> regression -> grid -> sampler.
+
+    localisation: any module mapping x (B, C, H, W) (or (B, C, D, H, W)) to features (B, F, ...)
+    (flattened). The regression layer F -> P is added here, initialised to the identity
+    transform (zero weight, bias = identity), so training starts from "no warp".
+    forward(x) -> (B, C, *output_size); the parameters of the last call are kept, detached, in
+    `last_params` (B, P).
+
+    transform: a family name or instance (see `stnkit.transforms.names()`); output_size: None
+    keeps the input's size; mode, padding_mode, align_corners, fill: as in `stnkit.warp`;
+    bounds: optional {parameter or group: (low, high)} squashing those outputs into a range
+    (see BoundedParams); features: F, when it cannot be read off the localisation net.
+    """
+
+    def __init__(
+        self,
+        localisation: nn.Module,
+        transform: str | _t.Transform = "affine",
+        output_size: int | Sequence[int] | None = None,
+        *,
+        mode: str = "bilinear",
+        padding_mode: str = "zeros",
+        align_corners: bool = False,
+        fill: float | torch.Tensor | None = None,
+        bounds: Mapping[str, Sequence[float]] | None = None,
+        features: int | None = None,
+    ):
+        super().__init__()
+        family = _t.get(transform)
+        if isinstance(family, _t.Flow):
+            raise ValueError(
+                "SpatialTransformer predicts a few global parameters; for a dense 'flow' predict the "
+                "field with your own network and call stnkit.warp(x, field, 'flow')"
+            )
+        n_features = features if features is not None else _features(localisation)
+        if not isinstance(n_features, int) or n_features <= 0:
+            raise ValueError(
+                "cannot tell how many features the localisation net outputs (no `out_features` "
+                "attribute and no nn.Linear inside); pass features=F"
+            )
+        self.localisation = localisation
+        self.transform = family
+        self.output_size = None if output_size is None else check_size(output_size, family.dim)
+        self.mode, self.padding_mode, self.align_corners, self.fill = mode, padding_mode, align_corners, fill
+        self.regression = nn.Linear(n_features, family.num_params)
+        self.bounds = BoundedParams(family, bounds) if bounds else None
+        self.reset_regression()
+        self.last_params: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def reset_regression(self) -> None:
+        """Zero weight and identity bias: the transformer starts as the identity."""
+        ident = self.transform.identity_params(dtype=self.regression.bias.dtype)
+        if self.bounds is not None:
+            ident = self.bounds.raw_identity(ident)
+        self.regression.weight.zero_()
+        self.regression.bias.copy_(ident)
+
+    def params(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted transformation parameters for x: (B, P)."""
+        feats = self.localisation(x).flatten(1)  # (B, F)
+        raw = self.regression(feats)  # (B, P)
+        return raw if self.bounds is None else self.bounds(raw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.params(x)
+        self.last_params = theta.detach()
+        return warp(
+            x, theta, self.transform, self.output_size,
+            mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners, fill=self.fill,
+        )
+
+    def extra_repr(self) -> str:
+        return f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}"
+
+
+class Localisation(nn.Sequential):
+    """nn.Sequential that knows its output width (`out_features`)."""
+
+    def __init__(self, *layers: nn.Module, out_features: int):
+        super().__init__(*layers)
+        self.out_features = out_features
+
+
+def fc_localisation(in_features: int, hidden: Sequence[int] = (32, 32)) -> Localisation:
+    """The paper's ST-FCN localisation: fully connected layers with ReLU (the regression layer,
+    the third weight layer, is added by SpatialTransformer). Input (B, ...) flattened to
+    in_features."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    n = in_features
+    for h in hidden:
+        layers += [nn.Linear(n, h), nn.ReLU(inplace=True)]
+        n = h
+    return Localisation(*layers, out_features=n)
+
+
+def conv_localisation(
+    in_channels: int,
+    input_size: Sequence[int],
+    channels: Sequence[int] = (20, 20),
+    kernel_size: int = 5,
+    hidden: int = 20,
+    downsample: int = 2,
+) -> Localisation:
+    """The paper's ST-CNN localisation: max-pool by `downsample`, then for each entry of
+    `channels` a conv (kernel_size, 'same'-free) + ReLU with a 2x2 max-pool between, then a
+    fully connected layer of `hidden` units + ReLU. input_size: (H, W) of the input."""
+    layers: list[nn.Module] = []
+    if downsample > 1:
+        layers.append(nn.MaxPool2d(downsample))
+    c = in_channels
+    for i, ch in enumerate(channels):
+        if i > 0:
+            layers.append(nn.MaxPool2d(2))
+        layers += [nn.Conv2d(c, ch, kernel_size), nn.ReLU(inplace=True)]
+        c = ch
+    layers.append(nn.Flatten())
+    with torch.no_grad():
+        n = nn.Sequential(*layers)(torch.zeros(1, in_channels, *input_size)).shape[1]
+    layers += [nn.Linear(n, hidden), nn.ReLU(inplace=True)]
+    return Localisation(*layers, out_features=hidden)

@@ -46,8 +46,8 @@ def affine_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corners: 
 
 
 def affine_points(src_from_dst: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """points: (B, N, d) target -> (B, N, d) source, for src_from_dst (B, d, d + 1)."""
-    d = src_from_dst.shape[1]
+    """points: (B, N, d) target -> (B, N, rows) source, for src_from_dst (B, rows, d + 1)."""
+    d = src_from_dst.shape[2] - 1
     return torch.baddbmm(src_from_dst[:, None, :, d], points, src_from_dst[:, :, :d].transpose(1, 2))
 
 

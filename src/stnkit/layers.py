@@ -202,7 +202,14 @@ def conv_localisation(
         layers += [nn.Conv2d(c, ch, kernel_size), nn.ReLU(inplace=True)]
         c = ch
     layers.append(nn.Flatten())
-    with torch.no_grad():
-        n = nn.Sequential(*layers)(torch.zeros(1, in_channels, *input_size)).shape[1]
+    try:
+        with torch.no_grad():
+            n = nn.Sequential(*layers)(torch.zeros(1, in_channels, *input_size)).shape[1]
+    except RuntimeError as e:
+        raise ValueError(
+            f"input_size {tuple(input_size)} is too small for this localisation net (downsample "
+            f"{downsample}, {len(channels)} convs of {kernel_size}x{kernel_size}): use a smaller "
+            f"kernel_size or downsample, or fewer channels entries ({e})"
+        ) from None
     layers += [nn.Linear(n, hidden), nn.ReLU(inplace=True)]
     return Localisation(*layers, out_features=hidden)

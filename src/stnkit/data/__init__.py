@@ -1,0 +1,11 @@
+"""Data: real digit sources and the paper's datasets as seeded generators."""
+from .datasets import DESCRIPTIONS, Batch, GeneratedDataset, make_dataset, names
+from .download import DownloadError, download
+from .idx import IDXError, read_idx, read_idx_pair, write_idx
+from .sources import Digits, bundled_mnist, data_dir, idx_digits, load_digits
+
+__all__ = [
+    "Batch", "DESCRIPTIONS", "Digits", "DownloadError", "GeneratedDataset", "IDXError", "bundled_mnist",
+    "data_dir", "download", "idx_digits", "load_digits", "make_dataset", "names", "read_idx",
+    "read_idx_pair", "write_idx",
+]

@@ -7,6 +7,7 @@ never leaves a partial or wrong file under the real name.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -90,7 +91,7 @@ def download(
             try:
                 _fetch(url, target, expected, timeout)
                 break
-            except (urllib.error.URLError, OSError, DownloadError) as e:
+            except (urllib.error.URLError, OSError, http.client.HTTPException, DownloadError) as e:
                 reason = getattr(e, "reason", None) or e
                 failures.append(f"  {url}: {reason}")
         else:

@@ -10,6 +10,7 @@ import gzip
 import importlib.util
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class Digits:
 def data_dir(path: str | Path | None = None) -> Path:
     """The data directory: `path`, else $STNKIT_DATA, else $XDG_CACHE_HOME/stnkit (~/.cache/stnkit)."""
     if path is None:
-        path = os.environ.get("STNKIT_DATA") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stnkit"
+        path = os.environ.get("STNKIT_DATA") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stnkit"
     return Path(path).expanduser()
 
 
@@ -81,7 +82,7 @@ def _bundled_arrays(root: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             with np.load(cache) as z:
                 return z["images"], z["labels"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     images, labels = _parse_csv(src)
     try:

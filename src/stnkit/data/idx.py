@@ -70,8 +70,10 @@ def read_idx_pair(images: str | Path, labels: str | Path) -> tuple[np.ndarray, n
 def write_idx(path: str | Path, array: np.ndarray) -> None:
     """Write an array as IDX (gzip if the name ends in .gz): for fixtures and exports."""
     array = np.ascontiguousarray(array)
-    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
-            np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}[array.dtype]
+    codes = {np.dtype(t): c for c, t in _TYPES.items()}
+    code = codes.get(array.dtype.newbyteorder(">")) or codes.get(array.dtype)
+    if code is None:
+        raise ValueError(f"IDX cannot store dtype {array.dtype}; use uint8, int8, int16, int32, float32 or float64")
     body = bytes([0, 0, code, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
     body += array.astype(array.dtype.newbyteorder(">")).tobytes()
     path = Path(path)

@@ -8,7 +8,9 @@ import torch
 from stnkit.cli import main
 from stnkit.plots import draw_box, grid_image, to_rgb, write_png
 
-PIL = pytest.importorskip("PIL.Image")
+import PIL.Image
+
+PIL = PIL.Image
 
 
 def test_png_round_trip(tmp_path):

@@ -178,7 +178,7 @@ def test_unwritable_cache_only_costs_the_parse(tmp_path, parse_calls, monkeypatc
     def fail(path, **arrays):
         raise PermissionError(f"{path}: read-only")
 
-    monkeypatch.setattr(sources, "_atomic_save", fail)
+    monkeypatch.setattr(sources, "atomic_save", fail)
     assert len(bundled_mnist("test", tmp_path)) == 1000
     assert len(bundled_mnist("test", tmp_path)) == 1000
     assert len(parse_calls) == 2

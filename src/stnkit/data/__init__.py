@@ -2,10 +2,12 @@
 from .datasets import DESCRIPTIONS, Batch, GeneratedDataset, make_dataset, names
 from .download import DownloadError, download
 from .idx import IDXError, read_idx, read_idx_pair, write_idx
+from .cub import CUB200
 from .sources import Digits, bundled_mnist, data_dir, idx_digits, load_digits
+from .svhn import SVHNSequences, svhn_cropped
 
 __all__ = [
-    "Batch", "DESCRIPTIONS", "Digits", "DownloadError", "GeneratedDataset", "IDXError", "bundled_mnist",
+    "Batch", "CUB200", "DESCRIPTIONS", "SVHNSequences", "svhn_cropped", "Digits", "DownloadError", "GeneratedDataset", "IDXError", "bundled_mnist",
     "data_dir", "download", "idx_digits", "load_digits", "make_dataset", "names", "read_idx",
     "read_idx_pair", "write_idx",
 ]

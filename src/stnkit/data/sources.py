@@ -63,7 +63,7 @@ def _parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return rows[:, :784].astype(np.uint8).reshape(-1, 28, 28), rows[:, 784].astype(np.int64)
 
 
-def _atomic_save(path: Path, **arrays) -> None:
+def atomic_save(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -86,7 +86,7 @@ def _bundled_arrays(root: Path) -> tuple[np.ndarray, np.ndarray]:
             cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     images, labels = _parse_csv(src)
     try:
-        _atomic_save(cache, images=images, labels=labels)
+        atomic_save(cache, images=images, labels=labels)
     except OSError:
         pass  # a read-only data dir only costs the parse next time
     return images, labels

@@ -1,0 +1,5 @@
+"""The model zoo: baselines and spatial-transformer models of every experiment, by name."""
+from . import mnist  # noqa: F401  (registers the models)
+from .registry import count_params, create_model, list_models, register_model, transformers
+
+__all__ = ["count_params", "create_model", "list_models", "register_model", "transformers"]

@@ -1,4 +1,4 @@
-"""The command line: `stnkit data list|show|download`. Parses, then calls library functions."""
+"""The command line: `stnkit demo|train|eval|show|reproduce|data`. Parses, then calls the library."""
 from __future__ import annotations
 
 import argparse
@@ -37,9 +37,98 @@ def _data_download(args) -> int:
     return 0
 
 
+def _config_from(args):
+    from .config import build, load_file, parse_override
+    from .reproduce import CONFIGS
+
+    base = {}
+    if args.config:
+        base = load_file(args.config)
+    elif (CONFIGS / f"{args.experiment}.yaml").is_file():
+        base = load_file(CONFIGS / f"{args.experiment}.yaml")
+    elif (CONFIGS / f"table1-{args.experiment}.yaml").is_file():
+        base = load_file(CONFIGS / f"table1-{args.experiment}.yaml")
+    over = dict(parse_override(o) for o in args.overrides)
+    over["experiment"] = args.experiment
+    if args.model:
+        over["model"] = args.model
+    return build(base, over)
+
+
+def _train(args) -> int:
+    from .engine import train
+
+    train(_config_from(args), resume=args.resume)
+    return 0
+
+
+def _eval(args) -> int:
+    from .engine import evaluate, load_run
+
+    cfg, model, test = load_run(args.run)
+    m = evaluate(model, test, cfg.eval_batch_size)
+    print(f"{args.run}: {cfg.model} on {cfg.experiment} test error {m['test_err']:.2f}% "
+          f"(loss {m['test_loss']:.4f}, {m['test_n']} images)")
+    return 0
+
+
+def _show(args) -> int:
+    from .engine import load_run
+    from .figures import transformer_figure
+    from .plots import write_png
+
+    cfg, model, test = load_run(args.run)
+    out = Path(args.out or Path(args.run) / "transformers.png")
+    write_png(out, transformer_figure(model, test.sample(args.n, seed=args.seed).x))
+    print(f"wrote {out}: {args.n} test inputs with the region each transformer sampled, then its output")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import demo
+
+    demo(out=args.out, epochs=args.epochs)
+    return 0
+
+
+def _reproduce(args) -> int:
+    from .config import parse_override
+    from .reproduce import run
+
+    run(args.table, args.budget, args.seeds, args.out, dict(parse_override(o) for o in args.overrides))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stnkit", description="Spatial Transformer Networks for PyTorch.")
     sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="CNN vs ST-CNN on RTS-distorted MNIST in a few minutes, with a figure")
+    d.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
+    d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    d.set_defaults(func=_demo)
+    t = sub.add_parser("train", help="train a model on an experiment's dataset")
+    t.add_argument("experiment", help="dataset name (stnkit data list), e.g. rts, tc, addition")
+    t.add_argument("--model", help="model name (default: the experiment config's)")
+    t.add_argument("--config", help="a YAML config file (default: the experiment's shipped config)")
+    t.add_argument("--resume", action="store_true", help="continue the run from its newest good checkpoint")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=5 lr=0.05")
+    t.set_defaults(func=_train)
+    e = sub.add_parser("eval", help="test error of a trained run")
+    e.add_argument("run", help="run folder")
+    e.set_defaults(func=_eval)
+    s = sub.add_parser("show", help="figure: what each transformer of a trained run looks at")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--out", help="PNG path (default RUN/transformers.png)")
+    s.add_argument("-n", type=int, default=12)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_show)
+    r = sub.add_parser("reproduce", help="every row of a paper table, beside the published numbers")
+    r.add_argument("table", choices=["table1", "tc", "addition"])
+    r.add_argument("--budget", default="quick", choices=["quick", "paper"])
+    r.add_argument("--seeds", type=int, default=None, help="seeds per row (quick: 1, paper: 3)")
+    r.add_argument("--out", default="runs/reproduce")
+    r.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    r.set_defaults(func=_reproduce)
     data = sub.add_parser("data", help="datasets: list, look at, download").add_subparsers(dest="data_command", required=True)
     data.add_parser("list", help="the paper's datasets").set_defaults(func=_data_list)
     show = data.add_parser("show", help="write a PNG grid of samples from a dataset")
@@ -59,7 +148,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # key=value overrides may stand anywhere after the command (argparse keeps only the first run)
+    bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

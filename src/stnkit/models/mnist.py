@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..layers import SpatialTransformer, conv_localisation, fc_localisation
+from ..layers import Localisation, SpatialTransformer, conv_localisation, fc_localisation
 from .registry import count_params, register_model
 
 TRANSFORMS = {"affine": "affine", "projective": "projective", "tps": "tps"}
@@ -77,8 +77,9 @@ class STClassifier(nn.Module):
 
 def _loc(kind: str, in_shape) -> nn.Module:
     C, H, W = in_shape
-    if kind == "fcn":  # the paper's ST-FCN: three FC layers (the last is the regression)
-        return fc_localisation(C * H * W, hidden=(32, 32))
+    if kind == "fcn":  # ST-FCN: three FC layers (the last is the regression) on the 2x-pooled input
+        fc = fc_localisation(C * (H // 2) * (W // 2), hidden=(32, 32))
+        return Localisation(nn.MaxPool2d(2), *fc, out_features=fc.out_features)
     return conv_localisation(C, (H, W))  # ST-CNN: 2x downsample, 2 conv 5x5 x 20, FC 20
 
 

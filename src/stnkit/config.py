@@ -1,0 +1,131 @@
+"""Run settings: one dataclass, small YAML files per experiment, `key=value` overrides on top,
+and the resolved config saved beside every run's results."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "rts"  # dataset name (stnkit data list)
+    model: str = "st-cnn-affine"  # model name (stnkit.models.list_models())
+    source: str = "bundled"  # digits: bundled | mnist | fashion-mnist
+    data_dir: str | None = None
+    out: str = "runs"  # runs are written to out/name
+    name: str | None = None  # default: experiment-model-seedN
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_steps: list[int] = field(default_factory=list)  # epochs after which lr *= gamma
+    gamma: float = 0.1
+    loc_lr_mult: float = 1.0  # learning-rate multiplier of localisation nets and regressions
+    clip_grad: float | None = None  # max gradient norm
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = False  # bf16 autocast
+    st_size: str | None = None  # ST output: None (input size) or "half"
+    budget: int | None = None  # parameter count to size the model to
+    match_budget: str | None = None  # or: size the model to this other model's count (e.g. "cnn")
+    fixed_train: bool = False  # reuse epoch 0's training distortions every epoch
+    steps_per_epoch: int | None = None  # cap (quick runs and tests)
+    eval_batch_size: int = 500
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
+    keep_checkpoints: int = 2
+    threads: int | None = None  # torch CPU threads
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {"optimizer": ("sgd", "adam"), "source": ("bundled", "mnist", "fashion-mnist"), "st_size": (None, "half")}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Reject bad values before any work, naming the key and what is allowed."""
+    from .data import names as dataset_names
+    from .models import list_models
+
+    def bad(key, allowed):
+        raise ValueError(f"config key {key!r} = {getattr(cfg, key)!r} is not allowed: {allowed}")
+
+    for key, allowed in _CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            bad(key, f"one of {list(allowed)}")
+    if cfg.experiment not in dataset_names():
+        bad("experiment", f"one of {dataset_names()}")
+    if cfg.model not in list_models():
+        bad("model", f"one of {list_models()}")
+    if cfg.match_budget is not None and cfg.match_budget not in list_models():
+        bad("match_budget", f"a model name, one of {list_models()}")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) <= 0:
+            bad(key, "a positive integer")
+    for key in ("lr", "gamma", "loc_lr_mult"):
+        v = getattr(cfg, key)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            bad(key, "a positive finite number")
+    for key in ("momentum", "weight_decay"):
+        v = getattr(cfg, key)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            bad(key, "a finite number >= 0")
+    if cfg.clip_grad is not None and not (isinstance(cfg.clip_grad, (int, float)) and cfg.clip_grad > 0):
+        bad("clip_grad", "null or a positive number")
+    if not all(isinstance(s, int) and s > 0 for s in cfg.lr_steps):
+        bad("lr_steps", "a list of positive epoch numbers")
+    for key in ("steps_per_epoch", "budget", "threads"):
+        v = getattr(cfg, key)
+        if v is not None and (not isinstance(v, int) or v <= 0):
+            bad(key, "null or a positive integer")
+    if not isinstance(cfg.checkpoint_every, int) or cfg.checkpoint_every < 0:
+        bad("checkpoint_every", "an integer >= 0")
+    if not isinstance(cfg.keep_checkpoints, int) or cfg.keep_checkpoints < 1:
+        bad("keep_checkpoints", "an integer >= 1")
+    if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
+        bad("device", "auto, cpu, cuda or cuda:N")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'lr=0.1' -> ('lr', 0.1); values are read as YAML (numbers, null, lists, true/false)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def build(base: dict | None = None, overrides: dict | None = None) -> RunConfig:
+    """RunConfig from a mapping plus overrides; unknown keys raise ValueError listing the known."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    merged = {**(base or {}), **(overrides or {})}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    return validate(RunConfig(**merged))
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of key: value")
+    return data
+
+
+def save(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

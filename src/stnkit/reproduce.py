@@ -1,0 +1,106 @@
+"""`stnkit reproduce TABLE`: run every row of one of the paper's tables over seeds and write our
+numbers beside the published ones as markdown."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .config import RunConfig, build, load_file
+
+CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped inside the package
+
+# Published % test errors (SPEC 3.1 Table 1, TC, 3.4 Table 4).
+TABLE1 = {
+    "fcn": {"r": 2.1, "rts": 5.2, "p": 3.1, "e": 3.2},
+    "cnn": {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 1.4},
+    "st-fcn-affine": {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 2.7},
+    "st-fcn-projective": {"r": 1.3, "rts": 0.9, "p": 1.4, "e": 2.6},
+    "st-fcn-tps": {"r": 1.1, "rts": 0.8, "p": 1.4, "e": 2.4},
+    "st-cnn-affine": {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.2},
+    "st-cnn-projective": {"r": 0.8, "rts": 0.6, "p": 0.8, "e": 1.3},
+    "st-cnn-tps": {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
+}
+TC = {"fcn": 13.2, "cnn": 3.5, "st-fcn-affine": 2.0, "st-cnn-affine": 1.7}
+ADDITION = {"fcn": 47.7, "cnn": 14.7, "st-fcn-affine": 22.6, "st-fcn-projective": 18.5, "st-fcn-tps": 19.1,
+            "2xst-fcn-affine": 9.0, "2xst-fcn-projective": 5.9, "2xst-fcn-tps": 5.8}
+TABLES = {
+    "table1": [(f"table1-{d}", d, {m: v[d] for m, v in TABLE1.items()}) for d in ("r", "rts", "p", "e")],
+    "tc": [("tc", "tc", TC)],
+    "addition": [("addition", "addition", ADDITION)],
+}
+BUDGETS = {  # budget -> (seeds, overrides)
+    "quick": (1, {}),
+    "paper": (3, {"epochs": 150, "lr_steps": [50, 100], "batch_size": 256}),
+}
+
+
+def jobs(table: str, budget: str, seeds: int | None = None, out: str = "runs/reproduce", overrides=None):
+    """The RunConfigs of every (column, row, seed) of a table."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; reproducible here: {list(TABLES)} (svhn, cub, coloc, 3d: not yet)")
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {list(BUDGETS)}, got {budget!r}")
+    n_seeds, extra = BUDGETS[budget]
+    out_jobs = []
+    for config_name, column, rows in TABLES[table]:
+        base = load_file(CONFIGS / f"{config_name}.yaml")
+        for model in rows:
+            for seed in range(seeds or n_seeds):
+                cfg = build(base, {**extra, **(overrides or {}), "model": model, "seed": seed, "out": out,
+                                   "name": f"{table}-{budget}/{column}/{model}-seed{seed}"})
+                out_jobs.append((column, model, cfg))
+    return out_jobs
+
+
+def _cell(errs: list[float]) -> str:
+    if not errs:
+        return "-"
+    if len(errs) == 1:
+        return f"{errs[0]:.1f}"
+    return f"{statistics.mean(errs):.1f} ± {statistics.stdev(errs):.1f}"
+
+
+def markdown(table: str, results: dict, wall_s: float, command: str) -> str:
+    """results: {(column, model): [errors]} -> our numbers beside the paper's."""
+    columns = [c for _, c, _ in TABLES[table]]
+    paper = {c: rows for _, c, rows in TABLES[table]}
+    models = list(dict.fromkeys(m for _, _, rows in TABLES[table] for m in rows))
+    head = "| model | " + " | ".join(f"{c.upper()} ours | {c.upper()} paper" for c in columns) + " |"
+    lines = [head, "|---|" + "---|---|" * len(columns)]
+    for m in models:
+        cells = [f"{_cell(results.get((c, m), []))} | {paper[c].get(m, '-')}" for c in columns]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return (f"% test error. Command: `{command}`; wall time {wall_s / 60:.1f} min.\n\n" + "\n".join(lines) + "\n")
+
+
+def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = "runs/reproduce",
+        overrides=None, log=print) -> Path:
+    from .engine import run_dir_of, train
+
+    t0 = time.perf_counter()
+    results: dict = {}
+    todo = jobs(table, budget, seeds, out, overrides)
+    for k, (column, model, cfg) in enumerate(todo, 1):
+        log(f"[{k}/{len(todo)}] {column}: {model} seed {cfg.seed}")
+        summary = run_dir_of(cfg) / "summary.json"
+        if not summary.is_file():  # finished rows are kept: a stopped reproduce picks up here
+            train(cfg, resume=True, log=log)
+        results.setdefault((column, model), []).append(json.loads(summary.read_text())["test_err"])
+    command = f"stnkit reproduce {table} --budget {budget}"
+    md = markdown(table, results, time.perf_counter() - t0, command)
+    path = Path(out) / f"{table}-{budget}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(md)
+    log(md)
+    return path
+
+
+def demo_config(**overrides) -> RunConfig:
+    return build(load_file(CONFIGS / "demo.yaml"), overrides)
+
+
+def with_model(cfg: RunConfig, model: str, **kw) -> RunConfig:
+    return replace(cfg, model=model, **kw)

@@ -196,7 +196,7 @@ def train(cfg: RunConfig, resume: bool = False, log=print) -> Path:
             if not math.isfinite(float(loss.detach())):
                 where = last_saved or ckpt.latest_good(run_dir, warn=log)
                 raise TrainingDiverged(
-                    f"loss is {float(loss)} at epoch {epoch + 1}, step {i + 1} (global step "
+                    f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {i + 1} (global step "
                     f"{state['global_step'] + 1}), batch of digits {i * cfg.batch_size}-{(i + 1) * cfg.batch_size - 1} "
                     f"of the epoch's order; last good checkpoint: {where or 'none'}. Try a lower lr or clip_grad."
                 )

@@ -31,7 +31,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # bf16 autocast
-    st_size: str | None = None  # ST output: None (input size) or "half"
+    st_size: str | None = None  # ST output: None (input size) or "half"; models without an ST ignore it
     budget: int | None = None  # parameter count to size the model to
     match_budget: str | None = None  # or: size the model to this other model's count (e.g. "cnn")
     fixed_train: bool = False  # reuse epoch 0's training distortions every epoch

@@ -19,7 +19,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import RunConfig, save as save_config
 from .data import make_dataset
-from .models import count_params, create_model, transformers
+from .models import count_params, create_model, model_options, transformers
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,12 +49,15 @@ def build_model(cfg: RunConfig, dataset) -> nn.Module:
     """The config's model for this dataset's input shape and classes, sized to the budget."""
     x = dataset.sample(1).x
     kw = {"in_shape": tuple(x.shape[1:]), "num_classes": dataset.num_classes}
-    if cfg.st_size is not None and "st-" in cfg.model:
-        kw["st_size"] = cfg.st_size
     budget = cfg.budget
     if budget is None and cfg.match_budget is not None:
-        budget = count_params(create_model(cfg.match_budget, **{k: v for k, v in kw.items() if k != "st_size"}))
+        budget = count_params(create_model(cfg.match_budget, **kw))
+    accepted = model_options(cfg.model)
+    if cfg.st_size is not None and "st_size" in accepted:  # baselines of a table share its config
+        kw["st_size"] = cfg.st_size
     if budget is not None:
+        if "budget" not in accepted:
+            raise ValueError(f"config key 'budget' does not apply to model {cfg.model!r}; set budget=null")
         kw["budget"] = budget
     return create_model(cfg.model, **kw)
 
@@ -122,7 +125,9 @@ def _autocast(device: torch.device, bf16: bool):
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, file=sys.stderr,
+    # disable=None: bars only on a terminal; logs get the one-line epoch summaries instead
+    return tqdm(total=total, initial=initial, desc=desc, disable=False if enabled is True and sys.stderr.isatty() else True,
+                file=sys.stderr,
                 dynamic_ncols=True, leave=False, unit="step")
 
 

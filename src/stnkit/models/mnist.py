@@ -36,13 +36,16 @@ def cnn(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
     )
 
 
-def fit_width(build: Callable[[int], nn.Module], budget: int | None, default: int, lo: int = 2, hi: int = 4096) -> nn.Module:
+def fit_width(build: Callable[[int], nn.Module], budget: int | None, default: int, lo: int = 2) -> nn.Module:
     """build(width) with the width whose parameter count is closest to budget (default if None)."""
     if budget is None:
         return build(default)
     if budget <= 0:
         raise ValueError(f"budget must be a positive parameter count, got {budget}")
-    while lo < hi:  # counts grow with width: find the first width at or over the budget
+    hi = lo
+    while count_params(build(hi)) < budget:  # counts grow with width: bracket the budget by doubling
+        lo, hi = hi, hi * 2
+    while lo < hi:  # then bisect for the first width at or over it
         mid = (lo + hi) // 2
         if count_params(build(mid)) < budget:
             lo = mid + 1

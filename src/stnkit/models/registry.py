@@ -42,6 +42,13 @@ def create_model(name: str, **overrides) -> nn.Module:
     return model
 
 
+def model_options(name: str) -> list[str]:
+    """The keyword options a registered model takes."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {list_models()}")
+    return list(inspect.signature(_MODELS[name]).parameters)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

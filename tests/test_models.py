@@ -21,6 +21,7 @@ OUTPUTS = [
     (MNIST, (10,)),
     (r"svhn-cnn|svhn-st-cnn-(single|multi)", (5, 11)),
     (r"cub-cnn|cub-[24]xst-cnn", (200,)),
+    (r"3d-cnn|3d-st-cnn-affine", (10,)),
 ]
 ST_CLASSIFIERS = r"(2x)?st-(fcn|cnn)-.*|svhn-st-cnn-single"
 
@@ -222,3 +223,12 @@ def test_cub_backbone_factory_and_module():
     torch.testing.assert_close(model.parts[3][0].weight, net[0].weight)
     plain = create_model("cub-cnn", in_shape=(3, 64, 64), backbone=tiny)
     assert transformers(plain) == [] and plain(torch.rand(2, 3, 64, 64)).shape == (2, 200)
+
+
+def test_3d_transformer_at_identity_is_the_depth_mean_of_the_pooled_volume():
+    model = create_model("3d-st-cnn-affine", in_shape=(1, 40, 40, 40))
+    x = inputs(model)
+    st = transformers(model)[0]
+    warped = st(x)
+    torch.testing.assert_close(warped, F.avg_pool3d(x, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model(x), model.classifier(F.avg_pool3d(x, 2)), atol=1e-5, rtol=1e-4)

@@ -67,14 +67,13 @@ def transformer_figure(model: nn.Module, x: torch.Tensor, ncol: int = 3, scale: 
     panels = []
     for k, (st, inp, out) in enumerate(calls):
         colour = COLOURS[k % len(COLOURS)]
-        if inp is x:
+        if inp is x and st.transform.dim == 2:
             pts = region_on_input(st, st.last_params, (H, W)) * scale  # (B, P, 2)
             for b in range(B):
                 for c in range(C):  # the same region on every channel panel
                     draw_points(base[b], pts[b] + torch.tensor([c * W * scale, 0.0]), colour, thick=2)
-        if out.dim() == 4 and out.shape[1] in (1, 2, 3):
-            o = out.clamp(0, 1) if out.shape[1] != 3 else out.clamp(0, 1)
-            panels.append(_fit_height(to_rgb(o), base.shape[1], colour))
+        if out.shape[1] in (1, 2, 3):  # image-like outputs (volumes: their maximum over depth)
+            panels.append(_fit_height(to_rgb(out.clamp(0, 1)), base.shape[1], colour))
     tiles = torch.cat([base] + panels, dim=2)  # side by side: input, then each output
     return grid_image(tiles, ncol=ncol, pad=4, background=255)
 

@@ -1,0 +1,52 @@
+"""3D (SPEC 3.6): a 3D affine spatial transformer on 60^3 volumes whose output volume is
+averaged over depth into a 2D image and classified by a 2D CNN; and the baseline that
+classifies the depth-average of the raw volume."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers import Localisation, SpatialTransformer
+from .mnist import STClassifier, cnn, fit_width
+from .registry import count_params, register_model
+
+
+class DepthMean(nn.Module):
+    """(B, C, D, H, W) -> (B, C, H, W): the volume flattened along depth."""
+
+    def forward(self, x):
+        return x.mean(2)
+
+
+def conv3d_localisation(in_channels: int, size: int) -> Localisation:
+    """2x max-pool, conv 5^3 x 8, pool, conv 5^3 x 16, pool, FC 32 (the regression is added by the ST)."""
+    layers = [nn.MaxPool3d(2), nn.Conv3d(in_channels, 8, 5), nn.ReLU(inplace=True), nn.MaxPool3d(2),
+              nn.Conv3d(8, 16, 5), nn.ReLU(inplace=True), nn.MaxPool3d(2), nn.Flatten()]
+    s = ((size // 2 - 4) // 2 - 4) // 2
+    if s < 1:
+        raise ValueError(f"volumes of {size}^3 are too small for the 3D localisation net (need >= 36)")
+    return Localisation(*layers, nn.Linear(16 * s**3, 32), nn.ReLU(inplace=True), out_features=32)
+
+
+class VolumeClassifier(STClassifier):
+    """STClassifier whose transformers warp volumes and whose classifier sees their depth-mean."""
+
+    def forward(self, x):
+        return self.classifier(self.transformers[0](x))
+
+
+@register_model("3d-cnn")
+def _cnn3d(in_shape=(1, 60, 60, 60), num_classes=10, budget=None, width=16):
+    C, D, H, W = in_shape
+    head = fit_width(lambda w: cnn((C, H, W), num_classes, w), budget, width)
+    return nn.Sequential(DepthMean(), head)
+
+
+@register_model("3d-st-cnn-affine")
+def _st_cnn3d(in_shape=(1, 60, 60, 60), num_classes=10, budget=None, st_size="half"):
+    """A 3D affine ST (output 30^3 by default) -> depth mean -> 2D CNN."""
+    C, D, H, W = in_shape
+    size = (D // 2, H // 2, W // 2) if st_size == "half" else (D, H, W) if st_size is None else tuple(st_size)
+    st = SpatialTransformer(conv3d_localisation(C, min(D, H, W)), "affine3d", size)
+    rest = None if budget is None else max(budget - count_params(st), 1000)
+    head = fit_width(lambda w: cnn((C, size[1], size[2]), num_classes, w), rest, 16)
+    return VolumeClassifier([st], nn.Sequential(DepthMean(), head))

@@ -69,7 +69,7 @@ def test_bounds_squash_and_keep_identity():
     fam = T.get("similarity")
     b = BoundedParams(fam, {"scale": (0.5, 1.5), "translation": (-1, 1)})
     ident = fam.identity_params()
-    raw0 = b.raw_identity(ident)
+    raw0 = b.raw(ident)
     torch.testing.assert_close(b(raw0[None]), ident[None])
     huge = torch.tensor([[1e6, 1e6, 1e6, -1e6], [-1e6, -3.0, 0.0, 0.0]])
     out = b(huge)
@@ -144,3 +144,16 @@ def test_learns_to_undo_a_rotation():
         opt.step()
     # rigid T maps output -> input; undoing a rotation by +30 degrees samples at -30.
     assert abs(float(st.last_params[0, 0]) + angle) < 0.05
+
+
+def test_init_starts_at_given_params_inside_bounds():
+    x = torch.rand(2, 1, 30, 30)
+    st = stnkit.SpatialTransformer(stnkit.fc_localisation(900), "attention", (10, 10),
+                                   init=[1 / 3, 0.2, -0.1], bounds={"scale": (0.2, 0.6)})
+    out = st(x)
+    torch.testing.assert_close(st.last_params, torch.tensor([[1 / 3, 0.2, -0.1]] * 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, stnkit.warp(x, st.last_params, "attention", (10, 10)))
+    with pytest.raises(ValueError, match="strictly"):
+        stnkit.SpatialTransformer(stnkit.fc_localisation(900), "attention", init=[0.9, 0, 0], bounds={"scale": (0.2, 0.6)})
+    with pytest.raises(ValueError, match="init must be 3 finite values"):
+        stnkit.SpatialTransformer(stnkit.fc_localisation(900), "attention", init=[0.5, 0])

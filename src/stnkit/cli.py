@@ -58,7 +58,13 @@ def _config_from(args):
 def _train(args) -> int:
     from .engine import train
 
-    train(_config_from(args), resume=args.resume)
+    cfg = _config_from(args)
+    if cfg.experiment.startswith("coloc"):
+        from .coloc import train_coloc
+
+        train_coloc(cfg, 3 if cfg.digit_class is None else cfg.digit_class)
+        return 0
+    train(cfg, resume=args.resume)
     return 0
 
 

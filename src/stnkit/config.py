@@ -34,6 +34,7 @@ class RunConfig:
     st_size: str | None = None  # ST output: None (input size) or "half"; models without an ST ignore it
     budget: int | None = None  # parameter count to size the model to
     match_budget: str | None = None  # or: size the model to this other model's count (e.g. "cnn")
+    digit_class: int | None = None  # co-localisation: the one class of the image set (default 3)
     fixed_train: bool = False  # reuse epoch 0's training distortions every epoch
     steps_per_epoch: int | None = None  # cap (quick runs and tests)
     eval_batch_size: int = 500
@@ -81,6 +82,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         bad("clip_grad", "null or a positive number")
     if not all(isinstance(s, int) and s > 0 for s in cfg.lr_steps):
         bad("lr_steps", "a list of positive epoch numbers")
+    if cfg.digit_class is not None and cfg.digit_class not in range(10):
+        bad("digit_class", "null or a digit 0-9")
     for key in ("steps_per_epoch", "budget", "threads"):
         v = getattr(cfg, key)
         if v is not None and (not isinstance(v, int) or v <= 0):

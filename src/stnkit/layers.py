@@ -20,10 +20,10 @@ class BoundedParams(nn.Module):
     bounds: {name: (low, high)} where name is a parameter ("s", "tx", "angle", "a11", ...) or a
     group of the family ("scale", "translation", "angle", "linear", "perspective", "points").
     A bounded parameter is low + (high - low) * sigmoid(raw); the others pass through.
-    `raw_identity()` gives the raw values that produce the identity exactly.
+    `raw(params)` gives the raw values that produce given parameters exactly.
     """
 
-    def __init__(self, family: _t.Transform, bounds: Mapping[str, Sequence[float]]):
+    def __init__(self, family: _t.Transform, bounds: Mapping[str, Sequence[float]], start: torch.Tensor | None = None):
         super().__init__()
         names = family.param_names
         low = torch.full((len(names),), -math.inf)
@@ -38,24 +38,24 @@ class BoundedParams(nn.Module):
             lo, hi = _pair(key, lh)
             for n in idx:
                 low[names.index(n)], high[names.index(n)] = lo, hi
-        ident = family.identity_params(dtype=torch.float32)
-        inside = (ident > low) & (ident < high)
+        start = family.identity_params(dtype=torch.float32) if start is None else start.float()
+        inside = (start > low) & (start < high)
         if not bool(inside.all()):
             bad = [names[i] for i in (~inside).nonzero().flatten().tolist()]
             raise ValueError(
-                f"bounds must contain the identity strictly inside so training starts at 'no warp'; "
-                f"{bad} have identity values {ident[~inside].tolist()} outside or on their bounds"
+                f"bounds must contain the starting parameters (the identity unless init= is given) strictly "
+                f"inside; {bad} start at {start[~inside].tolist()}, outside or on their bounds"
             )
         self.register_buffer("low", low, persistent=False)
         self.register_buffer("high", high, persistent=False)
         self.register_buffer("bounded", torch.isfinite(low), persistent=False)
         self.family_name = family.name
 
-    def raw_identity(self, identity: torch.Tensor) -> torch.Tensor:
-        """The raw values (P,) whose image is `identity`."""
+    def raw(self, params: torch.Tensor) -> torch.Tensor:
+        """The raw values (P,) whose image is `params` (P,)."""
         span = torch.where(self.bounded, self.high - self.low, torch.ones_like(self.low))
-        u = ((identity - torch.where(self.bounded, self.low, torch.zeros_like(self.low))) / span)
-        return torch.where(self.bounded, torch.logit(u.clamp(1e-6, 1 - 1e-6)), identity)
+        u = ((params - torch.where(self.bounded, self.low, torch.zeros_like(self.low))) / span)
+        return torch.where(self.bounded, torch.logit(u.clamp(1e-6, 1 - 1e-6)), params)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:  # (B, P) -> (B, P)
         low = torch.where(self.bounded, self.low, torch.zeros_like(self.low))
@@ -96,7 +96,8 @@ class SpatialTransformer(nn.Module):
     transform: a family name or instance (see `stnkit.transforms.names()`); output_size: None
     keeps the input's size; mode, padding_mode, align_corners, fill: as in `stnkit.warp`;
     bounds: optional {parameter or group: (low, high)} squashing those outputs into a range
-    (see BoundedParams); features: F, when it cannot be read off the localisation net.
+    (see BoundedParams); init: the starting parameters (P,) instead of the identity (e.g. a
+    small crop for attention); features: F, when it cannot be read off the localisation net.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class SpatialTransformer(nn.Module):
         align_corners: bool = False,
         fill: float | torch.Tensor | None = None,
         bounds: Mapping[str, Sequence[float]] | None = None,
+        init: Sequence[float] | torch.Tensor | None = None,
         features: int | None = None,
     ):
         super().__init__()
@@ -130,18 +132,23 @@ class SpatialTransformer(nn.Module):
         self.output_size = None if output_size is None else check_size(output_size, family.dim)
         self.mode, self.padding_mode, self.align_corners, self.fill = mode, padding_mode, align_corners, fill
         self.regression = nn.Linear(n_features, family.num_params)
-        self.bounds = BoundedParams(family, bounds) if bounds else None
+        if init is not None:
+            init = torch.as_tensor(init, dtype=torch.float32).flatten()
+            if init.numel() != family.num_params or not bool(torch.isfinite(init).all()):
+                raise ValueError(f"init must be {family.num_params} finite values ({', '.join(family.param_names)}), got {init.tolist()}")
+        self.init = init
+        self.bounds = BoundedParams(family, bounds, init) if bounds else None
         self.reset_regression()
         self.last_params: torch.Tensor | None = None
 
     @torch.no_grad()
     def reset_regression(self) -> None:
-        """Zero weight and identity bias: the transformer starts as the identity."""
-        ident = self.transform.identity_params(dtype=self.regression.bias.dtype)
+        """Zero weight and a bias giving the starting parameters (the identity, or `init`)."""
+        start = self.transform.identity_params(dtype=torch.float32) if self.init is None else self.init
         if self.bounds is not None:
-            ident = self.bounds.raw_identity(ident)
+            start = self.bounds.raw(start)
         self.regression.weight.zero_()
-        self.regression.bias.copy_(ident)
+        self.regression.bias.copy_(start)
 
     def params(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted transformation parameters for x: (B, P)."""

@@ -5,8 +5,9 @@ co-localisation (3.5), 3D volumes (3.6) and the multi-digit sequences that stand
 Choices where the paper is unconfirmed:
 - addition: each of the two digits gets its own RTS distortion (42x42), label = their sum.
 - coloc: the 28x28 digit at a uniform integer position in an 84x84 canvas; with clutter,
-  16 random 6x6 crops of other digits. The box is the tight box of the digit's ink (pixels
-  above 0.1 after scaling to [0, 1]), (x0, y0, x1, y1) in pixels, x1/y1 exclusive.
+  16 random 6x6 crops of other digits. The box is the digit's 28x28 frame where it was placed
+  (which holds all its ink), (x0, y0, x1, y1) in pixels, x1/y1 exclusive: the ground truth of
+  the paper's IoU > 0.5 measure.
 - 3d: the digit extruded to 8 voxels thick in a 28^3 volume, then rotated about x and y by
   uniform [-30, 30] deg and about z by [-45, 45] deg, scaled by [0.8, 1.1], and centred
   uniformly where it stays inside the 60^3 output volume.
@@ -82,11 +83,10 @@ class CoLocalisation:
         return tc.make_params(g, n, pool_size)
 
     def apply(self, images, labels, params, pool, pool_labels):
-        """-> x (N, 1, 84, 84), y (N,) the digit class, box (N, 4) pixel box of the digit's ink."""
+        """-> x (N, 1, 84, 84), y (N,) the digit class, box (N, 4) the digit's 28x28 frame in pixels."""
         x = TranslateClutter(self.canvas, self.clutter, self.patch_size).apply(images, params, pool)
-        box = ink_boxes(images[:, 0])
-        box = box + torch.stack([params["left"], params["top"]] * 2, 1)
-        return x, labels, box
+        left, top = params["left"], params["top"]
+        return x, labels, torch.stack([left, top, left + DIGIT, top + DIGIT], 1)
 
 
 def rotation3d(ax: torch.Tensor, ay: torch.Tensor, az: torch.Tensor) -> torch.Tensor:

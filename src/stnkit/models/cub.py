@@ -17,7 +17,7 @@ one copy), and referenced by every transformer; it runs once per transformer. Cr
 distinct, non-identity windows so the parts can specialise: scale 0.5 (half the image side), centred
 on a circle of radius 0.25 around the image centre, evenly spaced clockwise from the top (N = 2: top
 and bottom halves, head and body of an upright bird; N = 4: top, right, bottom, left). See
-`initial_crops`; `SpatialTransformer.reset_regression()` would reset a transformer to the identity.
+`initial_crops` (each transformer's `init`).
 """
 from __future__ import annotations
 
@@ -123,10 +123,7 @@ def part_model(n_st: int, in_shape=(3, 224, 224), num_classes: int = 200, crop_s
     localisation, sts = None, []
     if n_st:
         localisation = conv_localisation(C, (H, W), hidden=64, downsample=max(1, H // 56))
-        sts = [SpatialTransformer(localisation, "attention", size) for _ in range(n_st)]
-        with torch.no_grad():
-            for st, crop in zip(sts, initial_crops(n_st)):
-                st.regression.bias.copy_(crop)
+        sts = [SpatialTransformer(localisation, "attention", size, init=crop) for crop in initial_crops(n_st)]
     return PartClassifier(localisation, sts, parts, nn.Linear(F * max(n_st, 1), num_classes))
 
 

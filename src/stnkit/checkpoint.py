@@ -5,7 +5,6 @@ checkpoint under a real name; a checkpoint whose files do not match their checks
 reported and skipped."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,19 +14,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ._io import sha256
+
 MODEL, EXTRA, STATE = "model.safetensors", "extra.safetensors", "state.json"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or corrupted; the message names the file."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _split_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -78,7 +71,7 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         save_file(weights, str(tmp / MODEL))
         tensors, meta = _split_optimizer(optimizer.state_dict())
         save_file({**tensors, **rng_states()}, str(tmp / EXTRA))
-        full = {**state, "optimizer": meta, "sha256": {MODEL: _sha256(tmp / MODEL), EXTRA: _sha256(tmp / EXTRA)}}
+        full = {**state, "optimizer": meta, "sha256": {MODEL: sha256(tmp / MODEL), EXTRA: sha256(tmp / EXTRA)}}
         with open(tmp / STATE, "w") as f:
             json.dump(full, f)
             f.flush()
@@ -105,7 +98,7 @@ def verify(folder: Path) -> dict:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing")
-        got = _sha256(path)
+        got = sha256(path)
         if got != want:
             raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted): {got} != {want}")
     return state

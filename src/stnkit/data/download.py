@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .._io import sha256
+
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -30,14 +32,6 @@ MNIST_FILES = {  # name -> SHA-256
 
 class DownloadError(RuntimeError):
     """No mirror gave a complete file with the right checksum; the message lists each try."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fetch(url: str, target: Path, expected: str, timeout: float) -> None:

@@ -300,23 +300,22 @@ class TPS(Transform):
         return self.targets.reshape(-1).to(dtype=dtype or torch.get_default_dtype(), device=device)
 
     def grid_matrix(self, size: Sequence[int], align_corners: bool, dtype, device) -> torch.Tensor:
-        """(H'W', K): grid = this @ sources. Built in float64 and cached per size, dtype, device."""
+        """(2K, 2H'W'): flat grid (B, 2H'W') = flat params (B, 2K) @ this (`T.interleaved`).
+        Built in float64 and cached per size, align_corners, dtype and device."""
         key = (tuple(size), bool(align_corners), dtype, str(device))
         m = self._grid_cache.get(key)
         if m is None:
             with torch.inference_mode(False), torch.no_grad():
                 pts = identity_grid(size, align_corners, dtype=torch.float64).reshape(-1, 2)
-                m = (T.basis(pts, self.targets) @ self.weights).to(dtype=dtype, device=device)
+                m = T.interleaved(T.basis(pts, self.targets) @ self.weights).to(dtype=dtype, device=device)
             if len(self._grid_cache) >= self._CACHE_LIMIT:
                 self._grid_cache.pop(next(iter(self._grid_cache)))
             self._grid_cache[key] = m
         return m
 
     def grid(self, params, size, align_corners):
-        me = self._for(params)
-        B = params.shape[0]
-        m = me.grid_matrix(size, align_corners, params.dtype, params.device)
-        return torch.matmul(m, params.view(B, me.K, 2)).view(B, *size, 2)  # (B, H', W', 2)
+        m = self._for(params).grid_matrix(size, align_corners, params.dtype, params.device)
+        return (params @ m).view(params.shape[0], *size, 2)  # (B, H', W', 2)
 
     def points(self, params, points, align_corners):
         me = self._for(params)

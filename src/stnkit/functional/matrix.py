@@ -19,30 +19,39 @@ PROJECTIVE_EPS = 1e-6
 OUTSIDE = -8.0
 
 
-def affine_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
-    """Source coordinates of every output pixel for an affine map.
+def affine_grid_planar(src_from_dst: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """Source coordinates of every output pixel for an affine map, coordinate axis first.
 
-    src_from_dst: (B, 2, 3) with size (H', W') -> (B, H', W', 2), or (B, 3, 4) with size
-    (D', H', W') -> (B, D', H', W', 3); a (B, 3, 3) homography gives the homogeneous
-    (B, H', W', 3). Equal to `F.affine_grid` (to float rounding) but built
-    as broadcast sums over the matrix's columns, which skips the (B, N, 3) base grid and its
-    batched matmul: one full-size write instead of three.
+    src_from_dst: (B, rows, d + 1) with size (H', W') (d = 2) or (D', H', W') (d = 3)
+    -> (B, rows, *size). Built as broadcast sums over the matrix's columns, outermost axis
+    first, so that only the last sum writes a full-size tensor. Planar (rows before the pixels)
+    because element-wise ops and their backward reductions over a last axis of 2 or 3 are
+    several times slower on CPU than over a contiguous pixel axis.
     """
-    B, rows, cols_n = src_from_dst.shape  # rows = output coordinates, cols_n = inputs + 1
-    cols = src_from_dst.transpose(1, 2)  # (B, cols_n, rows): column j = coefficient of coordinate j
+    cols_n = src_from_dst.shape[2]  # input coordinates + 1
     kw = dict(dtype=src_from_dst.dtype, device=src_from_dst.device)
+    c = src_from_dst[..., None, None]  # (B, rows, cols_n, 1, 1): column j = coefficient of coordinate j
     if cols_n == 3:
         H, W = size
-        x, y = axis(W, align_corners, **kw), axis(H, align_corners, **kw)
-        col = cols.view(B, 3, 1, 1, rows)
-        row_part = y.view(1, H, 1, 1) * col[:, 1] + col[:, 2]  # (B, H', 1, rows)
-        return row_part + x.view(1, 1, W, 1) * col[:, 0]  # (B, H', W', rows)
+        x, y = axis(W, align_corners, **kw), axis(H, align_corners, **kw).view(H, 1)
+        return (y * c[:, :, 1] + c[:, :, 2]) + x * c[:, :, 0]  # (B, rows, H', 1) + (B, rows, 1, W')
     D, H, W = size
-    x, y, z = (axis(n, align_corners, **kw) for n in (W, H, D))
-    col = cols.view(B, 4, 1, 1, 1, rows)
-    slab = z.view(1, D, 1, 1, 1) * col[:, 2] + col[:, 3]  # (B, D', 1, 1, rows)
-    slab = slab + y.view(1, 1, H, 1, 1) * col[:, 1]  # (B, D', H', 1, rows)
-    return slab + x.view(1, 1, 1, W, 1) * col[:, 0]  # (B, D', H', W', rows)
+    c = c[..., None]
+    x, y = axis(W, align_corners, **kw), axis(H, align_corners, **kw).view(H, 1)
+    z = axis(D, align_corners, **kw).view(D, 1, 1)
+    slab = z * c[:, :, 2] + c[:, :, 3]  # (B, rows, D', 1, 1)
+    slab = slab + y * c[:, :, 1]  # (B, rows, D', H', 1)
+    return slab + x * c[:, :, 0]  # (B, rows, D', H', W')
+
+
+def affine_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """`affine_grid_planar` with the coordinates last, as `F.grid_sample` reads them.
+
+    src_from_dst: (B, 2, 3) with size (H', W') -> (B, H', W', 2), or (B, 3, 4) with size
+    (D', H', W') -> (B, D', H', W', 3). Equal to `F.affine_grid` (to float rounding). A
+    permuted view of the planar grid (not contiguous): `F.grid_sample` reads it at full speed.
+    """
+    return affine_grid_planar(src_from_dst, size, align_corners).movedim(1, -1)
 
 
 def affine_points(src_from_dst: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

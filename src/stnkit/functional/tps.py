@@ -3,7 +3,8 @@
 T(p) = a0 + a1 x + a2 y + sum_k w_k U(|p - c_k|), U(r) = r^2 log r^2, interpolating the
 (predicted) source positions of the K control points at their fixed target positions c_k.
 Because the targets are fixed, T is linear in the source positions: every grid is a fixed
-(N, K) matrix times the (B, K, 2) sources, and that matrix is built once per output size.
+(N, K) matrix times the (B, K, 2) sources, and that matrix is built once per output size
+(as `interleaved`, so that the whole batch's grid is one GEMM).
 """
 from __future__ import annotations
 
@@ -78,3 +79,10 @@ def tps_points(sources: torch.Tensor, points: torch.Tensor, targets: torch.Tenso
     """
     coef = torch.matmul(weights.to(sources.dtype), sources)  # (B, K + 3, 2)
     return torch.matmul(basis(points, targets.to(points.dtype)), coef)
+
+
+def interleaved(m: torch.Tensor) -> torch.Tensor:
+    """m: (N, K) grid matrix -> A: (2K, 2N) with A[2k + c, 2n + c] = m[n, k], so that the flat
+    sources (B, 2K) as (x1, y1, ..., xK, yK) @ A = the flat grid (B, 2N) as (x, y) per point:
+    one GEMM instead of a batched matmul with only 2 output columns."""
+    return torch.kron(m.T, torch.eye(2, dtype=m.dtype, device=m.device))

@@ -67,14 +67,49 @@ def _safe_divide(num: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, num / w_safe, torch.full_like(num, OUTSIDE))
 
 
+def _inverse_denominator(w: torch.Tensor) -> torch.Tensor:
+    """1 / w where w > PROJECTIVE_EPS, 0 behind the horizon; finite gradients everywhere."""
+    valid = w > PROJECTIVE_EPS
+    return torch.where(valid, torch.where(valid, w, torch.ones_like(w)).reciprocal(), torch.zeros_like(w))
+
+
+class _ProjectiveGrid(torch.autograd.Function):
+    """h: (B, 9) homography rows; base: (3, N) output points as rows (x, y, 1) -> (B, 2, N) source
+    points, planar, OUTSIDE (with zero gradient) behind the horizon.
+
+    Forward: one GEMM, a reciprocal and a multiply. Backward: the closed form (one more GEMM),
+    written with differentiable ops on the saved input and output, so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, h, base):
+        full = (h.view(-1, 3) @ base).view(h.shape[0], 3, -1)  # (B, 3, N) homogeneous
+        inv = _inverse_denominator(full[:, 2:])  # (B, 1, N)
+        out = (full[:, :2] * inv).masked_fill_(inv == 0, OUTSIDE)
+        ctx.save_for_backward(h, base, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # g: (B, 2, N)
+        h, base, out = ctx.saved_tensors
+        inv = _inverse_denominator((h[:, 6:] @ base)[:, None])  # (B, 1, N), recomputed: differentiable
+        g_num = g * inv  # d/d(numerators)
+        g_den = -(g_num * out).sum(1, keepdim=True)  # d/d(denominator): -sum_r g_r num_r / w^2
+        gh = torch.cat([g_num, g_den], 1) @ base.T  # (B, 3, 3)
+        return gh.view(h.shape[0], 9), None
+
+
 def projective_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
-    """Homography grid. src_from_dst: (B, 3, 3) with [2, 2] == 1 -> (B, H', W', 2).
+    """Homography grid. src_from_dst: (B, 3, 3) with [2, 2] == 1 -> (B, H', W', 2), a permuted
+    view of a planar (B, 2, H', W') tensor.
 
     Output pixels whose denominator h31 x + h32 y + 1 is at or below PROJECTIVE_EPS map to a
     point far outside the input (they read the padding value), with zero gradient.
     """
-    full = affine_grid(src_from_dst, size, align_corners)  # (B, H', W', 3), homogeneous
-    return _safe_divide(full[..., :2], full[..., 2:])
+    eye = torch.eye(3, dtype=src_from_dst.dtype, device=src_from_dst.device)
+    base = affine_grid_planar(eye[None], size, align_corners).reshape(3, -1)  # (3, H'W'): x, y, 1
+    out = _ProjectiveGrid.apply(src_from_dst.reshape(-1, 9), base)  # (B, 2, H'W')
+    return out.view(-1, 2, *size).movedim(1, -1)
 
 
 def projective_points(src_from_dst: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from stnkit import reproduce
+from stnkit.config import save
 
 
 def test_table1_schedules_every_row_and_column():
@@ -28,6 +29,7 @@ def test_run_writes_markdown_beside_the_paper_and_reuses_finished_rows(tmp_path,
         trained.append(cfg.name)
         run = tmp_path / cfg.name
         run.mkdir(parents=True)
+        save(cfg, run / "config.yaml")
         err = 2.0 if cfg.model.startswith("st") else 10.0
         (run / "summary.json").write_text(json.dumps({"test_err": err + cfg.seed, "wall_s": 30.0}))
         return run
@@ -39,3 +41,5 @@ def test_run_writes_markdown_beside_the_paper_and_reuses_finished_rows(tmp_path,
     assert "4.0 min" in text  # 8 runs x 30 s
     reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None)
     assert len(trained) == 8  # the second call trained nothing
+    with pytest.raises(ValueError, match="other settings .*epochs: 12 -> 3"):
+        reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), overrides={"epochs": 3}, log=lambda *_: None)

@@ -38,8 +38,7 @@ def _data_download(args) -> int:
 
 
 def _config_from(args):
-    from .config import build, load_file, parse_override
-    from .reproduce import CONFIGS
+    from .config import CONFIGS, build, load_file, parse_override
 
     base = {}
     if args.config:

@@ -10,6 +10,9 @@ from pathlib import Path
 import yaml
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"  # one YAML per experiment, shipped in the package
+
+
 @dataclass
 class RunConfig:
     experiment: str = "rts"  # dataset name (stnkit data list)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .engine import load_run, train
+from .engine import finished, load_run, train
 from .figures import transformer_figure
 from .plots import write_png
-from .reproduce import demo_config
+from .config import CONFIGS, build, load_file
 
 
 def demo(out: str = "runs/demo", epochs: int | None = None, log=print) -> Path:
@@ -16,11 +16,10 @@ def demo(out: str = "runs/demo", epochs: int | None = None, log=print) -> Path:
     over = {"out": str(out_dir)} | ({"epochs": epochs} if epochs else {})
     rows = []
     for model in ("cnn", "st-cnn-affine"):
-        cfg = demo_config(model=model, name=model, **over)
-        run = out_dir / model
-        if not (run / "summary.json").is_file():
+        cfg = build(load_file(CONFIGS / "demo.yaml"), {"model": model, "name": model, **over})
+        if not finished(cfg):
             train(cfg, resume=True, log=log)
-        rows.append(json.loads((run / "summary.json").read_text()))
+        rows.append(json.loads((out_dir / model / "summary.json").read_text()))
     _, st_model, test = load_run(out_dir / "st-cnn-affine")
     fig = write_png(out_dir / "transformer.png", transformer_figure(st_model, test.sample(12, seed=1).x, ncol=4))
     table = ["| model | params | test error % | train time s |", "|---|---|---|---|"]

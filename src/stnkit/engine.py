@@ -125,10 +125,9 @@ def _autocast(device: torch.device, bf16: bool):
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm import tqdm
 
-    # disable=None: bars only on a terminal; logs get the one-line epoch summaries instead
-    return tqdm(total=total, initial=initial, desc=desc, disable=False if enabled is True and sys.stderr.isatty() else True,
-                file=sys.stderr,
-                dynamic_ncols=True, leave=False, unit="step")
+    # bars only on a terminal; logs get the one-line epoch summaries instead
+    return tqdm(total=total, initial=initial, desc=desc, disable=not (enabled and sys.stderr.isatty()),
+                file=sys.stderr, dynamic_ncols=True, leave=False, unit="step")
 
 
 def _trim_metrics(path: Path, global_step: int) -> None:
@@ -235,6 +234,22 @@ def train(cfg: RunConfig, resume: bool = False, log=print) -> Path:
     log(f"done: {cfg.model} on {cfg.experiment}: test error {final['test_err']:.2f}% "
         f"({final['test_n']} images), {n_params:,} params, {summary['wall_s']:.0f} s -> {run_dir}")
     return run_dir
+
+
+def finished(cfg: RunConfig) -> bool:
+    """True when cfg's run folder holds a finished run of exactly these settings (reuse it);
+    a finished run with other settings is an error rather than a silent reuse."""
+    import yaml
+
+    run_dir = run_dir_of(cfg)
+    if not (run_dir / "summary.json").is_file():
+        return False
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if saved.get(k) != v and k not in ("progress", "threads")}
+    if changed:
+        diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"{run_dir} holds a finished run with other settings ({diff}); use another output folder")
+    return True
 
 
 def load_run(run_dir: str | Path, device=None):

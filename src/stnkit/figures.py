@@ -47,8 +47,6 @@ def region_on_input(st: SpatialTransformer, params: torch.Tensor, size_hw, n: in
     """Where the border of st's output lies in its input, in input pixels (edge convention,
     0..W): (B, 4n, 2)."""
     pts = outline(n).to(params.dtype)
-    if st.align_corners:
-        pass  # outline already on the centres of the border pixels
     src = warp_points(pts, params, st.transform, align_corners=st.align_corners)
     H, W = size_hw
     return torch.stack([(src[..., 0] + 1) * W / 2, (src[..., 1] + 1) * H / 2], -1)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
-from .config import RunConfig, build, load_file
+from .config import CONFIGS, build, load_file
 
-CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
 # Published % test errors (SPEC 3.1 Table 1, TC, 3.4 Table 4).
 TABLE1 = {
@@ -82,7 +80,7 @@ def markdown(table: str, results: dict, wall_s: float, command: str) -> str:
 
 def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = "runs/reproduce",
         overrides=None, log=print) -> Path:
-    from .engine import run_dir_of, train
+    from .engine import finished, run_dir_of, train
 
     results: dict = {}
     wall = 0.0
@@ -90,7 +88,7 @@ def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = 
     for k, (column, model, cfg) in enumerate(todo, 1):
         log(f"[{k}/{len(todo)}] {column}: {model} seed {cfg.seed}")
         summary = run_dir_of(cfg) / "summary.json"
-        if not summary.is_file():  # finished rows are kept: a stopped reproduce picks up here
+        if not finished(cfg):  # finished rows are kept: a stopped reproduce picks up here
             train(cfg, resume=True, log=log)
         done = json.loads(summary.read_text())
         results.setdefault((column, model), []).append(done["test_err"])
@@ -104,9 +102,3 @@ def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = 
     return path
 
 
-def demo_config(**overrides) -> RunConfig:
-    return build(load_file(CONFIGS / "demo.yaml"), overrides)
-
-
-def with_model(cfg: RunConfig, model: str, **kw) -> RunConfig:
-    return replace(cfg, model=model, **kw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .coords import axis
 
@@ -60,43 +61,48 @@ def affine_points(src_from_dst: torch.Tensor, points: torch.Tensor) -> torch.Ten
     return torch.baddbmm(src_from_dst[:, None, :, d], points, src_from_dst[:, :, :d].transpose(1, 2))
 
 
+def _inverse_denominator(w: torch.Tensor) -> torch.Tensor:
+    """1 / w where w > PROJECTIVE_EPS, 0 behind the horizon (1 / inf); finite gradients everywhere."""
+    return F.threshold(w, PROJECTIVE_EPS, torch.inf).reciprocal_()  # w if w > EPS else inf
+
+
 def _safe_divide(num: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """num / w where w > PROJECTIVE_EPS, OUTSIDE elsewhere, with finite gradients everywhere."""
-    valid = w > PROJECTIVE_EPS
-    w_safe = torch.where(valid, w, torch.ones_like(w))
-    return torch.where(valid, num / w_safe, torch.full_like(num, OUTSIDE))
-
-
-def _inverse_denominator(w: torch.Tensor) -> torch.Tensor:
-    """1 / w where w > PROJECTIVE_EPS, 0 behind the horizon; finite gradients everywhere."""
-    valid = w > PROJECTIVE_EPS
-    return torch.where(valid, torch.where(valid, w, torch.ones_like(w)).reciprocal(), torch.zeros_like(w))
+    inv = _inverse_denominator(w)
+    return torch.where(inv > 0, num * inv, OUTSIDE)
 
 
 class _ProjectiveGrid(torch.autograd.Function):
-    """h: (B, 9) homography rows; base: (3, N) output points as rows (x, y, 1) -> (B, 2, N) source
-    points, planar, OUTSIDE (with zero gradient) behind the horizon.
+    """h: (B, 3, 3) homography -> (B, 2, H'W') source points of the output pixels, planar;
+    OUTSIDE, with zero gradient, behind the horizon.
 
-    Forward: one GEMM, a reciprocal and a multiply. Backward: the closed form (one more GEMM),
-    written with differentiable ops on the saved input and output, so double backward works.
+    Forward: `affine_grid_planar` (element-wise, so every batch item gets the same bits alone or
+    in a batch), then in place num / w + (OUTSIDE behind the horizon, else 0): one full-size
+    allocation. Backward: the closed form, with GEMMs against the (3, H'W') output
+    points. Double backward differentiates that closed form: it uses only differentiable ops, on
+    the input h and the output (the saved 1 / w is recomputed from h when a graph is being built).
     """
 
     @staticmethod
-    def forward(ctx, h, base):
-        full = (h.view(-1, 3) @ base).view(h.shape[0], 3, -1)  # (B, 3, N) homogeneous
-        inv = _inverse_denominator(full[:, 2:])  # (B, 1, N)
-        out = (full[:, :2] * inv).masked_fill_(inv == 0, OUTSIDE)
-        ctx.save_for_backward(h, base, out)
+    def forward(ctx, h, size, align_corners):
+        full = affine_grid_planar(h, size, align_corners).reshape(h.shape[0], 3, -1)  # (B, 3, N) homogeneous
+        inv = _inverse_denominator(full[:, 2])  # (B, N)
+        outside = torch.where(inv > 0, 0.0, OUTSIDE)  # (B, N), exact in every float dtype
+        num = full[:, :2]
+        out = torch.addcmul(outside[:, None], num, inv[:, None], out=num)  # in place: a (B, 2, N) view
+        eye = torch.eye(3, dtype=h.dtype, device=h.device)
+        base = affine_grid_planar(eye[None], size, align_corners).reshape(3, -1)  # (3, N): x, y, 1
+        ctx.save_for_backward(h, base, out, inv)
         return out
 
     @staticmethod
-    def backward(ctx, g):  # g: (B, 2, N)
-        h, base, out = ctx.saved_tensors
-        inv = _inverse_denominator((h[:, 6:] @ base)[:, None])  # (B, 1, N), recomputed: differentiable
-        g_num = g * inv  # d/d(numerators)
-        g_den = -(g_num * out).sum(1, keepdim=True)  # d/d(denominator): -sum_r g_r num_r / w^2
-        gh = torch.cat([g_num, g_den], 1) @ base.T  # (B, 3, 3)
-        return gh.view(h.shape[0], 9), None
+    def backward(ctx, g):  # g: (B, 2, N), a permuted view: work on its two (B, N) planes
+        h, base, out, inv = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: inv as a differentiable function of h
+            inv = _inverse_denominator(h[:, 2] @ base)
+        gx, gy = g[:, 0] * inv, g[:, 1] * inv  # d/d(numerators)
+        gw = (gx * out[:, 0]).addcmul_(gy, out[:, 1])  # -d/dw = sum_r g_r num_r / w^2
+        return torch.stack([gx @ base.T, gy @ base.T, -(gw @ base.T)], 1), None, None  # (B, 3, 3)
 
 
 def projective_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
@@ -106,9 +112,7 @@ def projective_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corne
     Output pixels whose denominator h31 x + h32 y + 1 is at or below PROJECTIVE_EPS map to a
     point far outside the input (they read the padding value), with zero gradient.
     """
-    eye = torch.eye(3, dtype=src_from_dst.dtype, device=src_from_dst.device)
-    base = affine_grid_planar(eye[None], size, align_corners).reshape(3, -1)  # (3, H'W'): x, y, 1
-    out = _ProjectiveGrid.apply(src_from_dst.reshape(-1, 9), base)  # (B, 2, H'W')
+    out = _ProjectiveGrid.apply(src_from_dst, tuple(size), align_corners)  # (B, 2, H'W')
     return out.view(-1, 2, *size).movedim(1, -1)
 
 

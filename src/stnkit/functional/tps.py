@@ -85,4 +85,5 @@ def interleaved(m: torch.Tensor) -> torch.Tensor:
     """m: (N, K) grid matrix -> A: (2K, 2N) with A[2k + c, 2n + c] = m[n, k], so that the flat
     sources (B, 2K) as (x1, y1, ..., xK, yK) @ A = the flat grid (B, 2N) as (x, y) per point:
     one GEMM instead of a batched matmul with only 2 output columns."""
-    return torch.kron(m.T, torch.eye(2, dtype=m.dtype, device=m.device))
+    eye = torch.eye(2, dtype=m.dtype, device=m.device)
+    return (m.T[:, None, :, None] * eye[:, None, :]).reshape(2 * m.shape[1], 2 * m.shape[0])  # [k, c, n, c']

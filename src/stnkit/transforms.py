@@ -237,7 +237,7 @@ class TPS(Transform):
     """
 
     has_inverse = False
-    _CACHE_LIMIT = 32
+    _CACHE_LIMIT = 8  # entries are (2K, 2H'W'): 51 MB at 448x448 float32
 
     def __init__(self, grid_size: int | None = None, targets: torch.Tensor | None = None, reg: float = 0.0):
         if grid_size is not None and targets is not None:

@@ -78,9 +78,9 @@ class _ProjectiveGrid(torch.autograd.Function):
 
     Forward: `affine_grid_planar` (element-wise, so every batch item gets the same bits alone or
     in a batch), then in place num / w + (OUTSIDE behind the horizon, else 0): one full-size
-    allocation. Backward: the closed form, with GEMMs against the (3, H'W') output
-    points. Double backward differentiates that closed form: it uses only differentiable ops, on
-    the input h and the output (the saved 1 / w is recomputed from h when a graph is being built).
+    allocation. Backward: the closed form, with GEMMs against the (3, H'W') output points.
+    Double backward differentiates that closed form: it uses only differentiable ops, on the
+    input h and the output (the saved 1 / w is recomputed from h when a graph is being built).
     """
 
     @staticmethod
@@ -88,8 +88,7 @@ class _ProjectiveGrid(torch.autograd.Function):
         full = affine_grid_planar(h, size, align_corners).reshape(h.shape[0], 3, -1)  # (B, 3, N) homogeneous
         inv = _inverse_denominator(full[:, 2])  # (B, N)
         outside = torch.where(inv > 0, 0.0, OUTSIDE)  # (B, N), exact in every float dtype
-        num = full[:, :2]
-        out = torch.addcmul(outside[:, None], num, inv[:, None], out=num)  # in place: a (B, 2, N) view
+        out = full[:, :2].mul_(inv[:, None]).add_(outside[:, None])  # in place: a (B, 2, N) view
         eye = torch.eye(3, dtype=h.dtype, device=h.device)
         base = affine_grid_planar(eye[None], size, align_corners).reshape(3, -1)  # (3, N): x, y, 1
         ctx.save_for_backward(h, base, out, inv)

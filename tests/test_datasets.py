@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stnkit.data import Digits, make_dataset, names
-from stnkit.data.tasks import NO_DIGIT, Sequences, Volumes3D, ink_boxes, rotation3d
+from stnkit.data.tasks import NO_DIGIT, Sequences, Volumes3D, rotation3d
 
 SHAPES = {
     "r": (1, 28, 28), "rts": (1, 42, 42), "p": (1, 28, 28), "e": (1, 28, 28), "tc": (1, 60, 60),
@@ -91,15 +91,6 @@ def test_coloc_clutter_keeps_the_digit_box_and_single_class(digits):
     assert b.x.sum() > next(plain.batches(4)).x.sum()  # the 16 patches add ink
     with pytest.raises(ValueError, match="digit_class"):
         make_dataset("coloc", "train", digits=digits, digit_class=11)
-
-
-def test_ink_boxes_against_a_loop():
-    imgs = torch.zeros(3, 10, 12)
-    imgs[0, 2:5, 3:9] = 1
-    imgs[1, 9, 11] = 1
-    boxes = ink_boxes(imgs)
-    assert boxes.tolist()[:2] == [[3, 2, 9, 5], [11, 9, 12, 10]]
-    assert boxes[2].tolist() == [0, 0, 12, 10]  # empty: the whole frame
 
 
 def test_rotation3d_is_a_rotation():

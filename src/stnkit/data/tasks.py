@@ -49,25 +49,6 @@ class Addition:
         return x, labels + pool_labels[params["partner"]]
 
 
-def ink_boxes(images: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """Tight boxes of pixels above threshold. images (N, H, W) -> (N, 4) as (x0, y0, x1, y1),
-    exclusive ends; an empty image gives the whole frame."""
-    N, H, W = images.shape
-    ink = images > threshold
-    rows, cols = ink.any(2), ink.any(1)  # (N, H), (N, W)
-
-    def span(m: torch.Tensor, n: int):
-        idx = torch.arange(n).expand_as(m)
-        lo = torch.where(m, idx, n).min(1).values
-        hi = torch.where(m, idx, -1).max(1).values + 1
-        empty = ~m.any(1)
-        return torch.where(empty, 0, lo), torch.where(empty, n, hi)
-
-    y0, y1 = span(rows, H)
-    x0, x1 = span(cols, W)
-    return torch.stack([x0, y0, x1, y1], 1)
-
-
 @dataclass(frozen=True)
 class CoLocalisation:
     canvas: int = 84

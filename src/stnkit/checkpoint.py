@@ -46,23 +46,27 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def rng_states() -> dict[str, torch.Tensor]:
-    out = {"rng.torch": torch.get_rng_state()}
+def rng_states(per_rank: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """This process's RNG states; per_rank: the CPU RNG state of every process of a parallel job."""
+    per_rank = per_rank or [torch.get_rng_state()]
+    out = {"rng.torch": per_rank[0], **{f"rng.torch.rank{r}": s for r, s in enumerate(per_rank) if r}}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             out[f"rng.cuda.{i}"] = s
     return out
 
 
-def set_rng_states(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
+def set_rng_states(tensors: dict[str, torch.Tensor], rank: int = 0) -> None:
+    torch.set_rng_state(tensors.get(f"rng.torch.rank{rank}", tensors["rng.torch"]))
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
-    """Write a checkpoint to `folder` atomically (temporary folder + rename)."""
+def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+         rng: list[torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint to `folder` atomically (temporary folder + rename). rng: every
+    process's CPU RNG state in a data-parallel job (default: this process's)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -70,7 +74,7 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / MODEL))
         tensors, meta = _split_optimizer(optimizer.state_dict())
-        save_file({**tensors, **rng_states()}, str(tmp / EXTRA))
+        save_file({**tensors, **rng_states(rng)}, str(tmp / EXTRA))
         full = {**state, "optimizer": meta, "sha256": {MODEL: sha256(tmp / MODEL), EXTRA: sha256(tmp / EXTRA)}}
         with open(tmp / STATE, "w") as f:
             json.dump(full, f)
@@ -104,15 +108,17 @@ def verify(folder: Path) -> dict:
     return state
 
 
-def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Restore weights (and optimizer and RNG states) from a verified checkpoint; -> its state."""
+def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         rank: int = 0) -> dict:
+    """Restore weights (and optimizer and this process's RNG states) from a verified checkpoint;
+    -> its state."""
     folder = Path(folder)
     state = verify(folder)
     model.load_state_dict(load_file(str(folder / MODEL)))
     if optimizer is not None:
         extra = load_file(str(folder / EXTRA))
         optimizer.load_state_dict(_join_optimizer(extra, state["optimizer"]))
-        set_rng_states(extra)
+        set_rng_states(extra, rank)
     return state
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .config import RunConfig, save as save_config
 from .data import make_dataset
 from .models import count_params, create_model, model_options, transformers
@@ -26,12 +27,17 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message names the step, the batch and the last good checkpoint."""
 
 
-def device_of(cfg: RunConfig) -> torch.device:
+def device_of(cfg: RunConfig, local_rank: int | None = None) -> torch.device:
+    """The config's device; a process of a multi-GPU job takes the GPU of its local rank."""
     if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"config key 'device' = {cfg.device!r} but no CUDA GPU is available; use device=cpu or auto")
-    return torch.device(cfg.device)
+    else:
+        kind = cfg.device
+    if kind == "cuda" and local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return torch.device(kind)
 
 
 def run_dir_of(cfg: RunConfig) -> Path:
@@ -100,13 +106,17 @@ def loss_and_errors(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, batch_size: int = 500, device=None, bf16: bool = False) -> dict:
-    """Test loss and % error over the whole split."""
+def evaluate(model: nn.Module, dataset, batch_size: int = 500, device=None, bf16: bool = False,
+             world: dist.World = dist.World()) -> dict:
+    """Test loss and % error over the whole split. In a data-parallel job process r scores
+    batches r, r + N, ... and the sums are all-reduced: every image counted exactly once."""
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
     total, wrong, loss_sum = 0, 0, 0.0
-    for b in dataset.batches(batch_size, shuffle=False):
+    for i, b in enumerate(dataset.batches(batch_size, shuffle=False)):
+        if i % world.size != world.rank:
+            continue  # rendered anyway: the test set's random stream is the same for every process
         x, y = b.x.to(device), b.y.to(device)
         with _autocast(device, bf16):
             logits = model(x)
@@ -115,6 +125,8 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 500, device=None, bf16
         wrong += int(err)
         loss_sum += float(loss) * len(y)
     model.train(was)
+    total, wrong, loss_sum = dist.all_reduce_sum([total, wrong, loss_sum], device)
+    total, wrong = int(total), int(wrong)
     return {"test_loss": loss_sum / max(total, 1), "test_err": 100.0 * wrong / max(total, 1), "test_n": total}
 
 
@@ -139,16 +151,37 @@ def _trim_metrics(path: Path, global_step: int) -> None:
 
 def train(cfg: RunConfig, resume: bool = False, log=print) -> Path:
     """Train cfg.model on cfg.experiment; returns the run folder. `resume` continues from the
-    newest good checkpoint exactly (same final weights as an unbroken run on CPU)."""
+    newest good checkpoint exactly (same final weights as an unbroken run on CPU).
+
+    Started by torchrun (WORLD_SIZE > 1) it trains data-parallel: batch_size is the global
+    batch, split evenly over the processes; only rank 0 writes the run folder."""
+    world = dist.setup(device_of(cfg).type)
+    try:
+        return _train(cfg, resume, log if world.main else (lambda *_: None), world)
+    finally:
+        dist.teardown(world)
+
+
+def _train(cfg: RunConfig, resume: bool, log, world: dist.World) -> Path:
     run_dir = run_dir_of(cfg)
     if not resume and ckpt.candidates(run_dir):
         raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, or name=... for a new one")
+    if cfg.batch_size % world.size:
+        raise ValueError(f"config key 'batch_size' = {cfg.batch_size} (the global batch) must be a multiple of "
+                         f"the number of processes ({world.size})")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = device_of(cfg)
+    device = device_of(cfg, world.local_rank if world.size > 1 else None)
     torch.manual_seed(cfg.seed)
     train_ds, test_ds = datasets(cfg)
-    model = build_model(cfg, train_ds).to(device)
+    steps = len(train_ds) // cfg.batch_size
+    if steps == 0:
+        raise ValueError(f"config key 'batch_size' = {cfg.batch_size} is larger than the training set "
+                         f"({len(train_ds)} examples); use batch_size <= {len(train_ds)}")
+    steps = min(steps, cfg.steps_per_epoch or steps)
+    model = build_model(cfg, train_ds).to(device)  # the same initial weights in every process
+    if world.size > 1:
+        torch.manual_seed(cfg.seed * 1000003 + world.rank)  # but each its own dropout stream
     opt = make_optimizer(cfg, model)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "wall_s": 0.0}
     if resume:
@@ -156,29 +189,35 @@ def train(cfg: RunConfig, resume: bool = False, log=print) -> Path:
         if found is None:
             log(f"no checkpoint in {run_dir}: starting from scratch")
         else:
-            state = ckpt.load(found, model, opt)
+            state = ckpt.load(found, model, opt, rank=world.rank)
             log(f"resuming {run_dir} from {found.name} (epoch {state['epoch']}, step {state['step_in_epoch']})")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    net = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     metrics_path = run_dir / "metrics.jsonl"
-    _trim_metrics(metrics_path, state["global_step"])
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        _trim_metrics(metrics_path, state["global_step"])
     n_params = count_params(model)
     log(f"{cfg.model} on {cfg.experiment} ({cfg.source}): {n_params:,} parameters, {len(train_ds)} train / "
-        f"{len(test_ds)} test, device {device}, run folder {run_dir}")
+        f"{len(test_ds)} test, device {device}" + (f" x {world.size} processes" if world.size > 1 else "")
+        + f", run folder {run_dir}")
 
-    steps = len(train_ds) // cfg.batch_size
-    if steps == 0:
-        raise ValueError(f"config key 'batch_size' = {cfg.batch_size} is larger than the training set ({len(train_ds)})")
-    steps = min(steps, cfg.steps_per_epoch or steps)
     t_start = time.perf_counter() - state["wall_s"]
     last_saved = None
 
     def checkpoint(epoch, step_in_epoch, extra=None):
         nonlocal last_saved
-        st = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": state["global_step"],
-              "wall_s": time.perf_counter() - t_start, **(extra or {})}
-        last_saved = ckpt.save(run_dir / "checkpoints" / f"step-{state['global_step']:08d}", model, opt, st)
-        ckpt.prune(run_dir, cfg.keep_checkpoints)
+        rng = dist.gather_objects(torch.get_rng_state())  # every process takes part
+        if world.main:
+            st = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": state["global_step"],
+                  "wall_s": time.perf_counter() - t_start, "world_size": world.size, **(extra or {})}
+            last_saved = ckpt.save(run_dir / "checkpoints" / f"step-{state['global_step']:08d}", model, opt, st,
+                                   rng=rng)
+            ckpt.prune(run_dir, cfg.keep_checkpoints)
 
     model.train()
     for epoch in range(state["epoch"], cfg.epochs):
@@ -186,21 +225,25 @@ def train(cfg: RunConfig, resume: bool = False, log=print) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
         start = state["step_in_epoch"] if epoch == state["epoch"] else 0
-        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress, initial=start)
+        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and world.main, initial=start)
         loss_sum, wrong, seen = 0.0, 0, 0
-        for i, batch in enumerate(train_ds.batches(cfg.batch_size, epoch=epoch, drop_last=True)):
+        batches = train_ds.batches(cfg.batch_size, epoch=epoch, drop_last=True, rank=world.rank, world=world.size)
+        for i, batch in enumerate(batches):
             if i >= steps:
                 break
             if i < start:
                 continue  # rendered anyway, so the epoch's random stream stays the same on resume
             x, y = batch.x.to(device), batch.y.to(device)
             with _autocast(device, cfg.bf16):
-                logits = model(x)
+                logits = net(x)
             loss, err = loss_and_errors(logits, y)
-            if not math.isfinite(float(loss.detach())):
+            value = float(loss.detach())
+            if world.size > 1:  # every process must stop together, or the others wait forever
+                value = dist.all_reduce_sum([value], device)[0] / world.size
+            if not math.isfinite(value):
                 where = last_saved or ckpt.latest_good(run_dir, warn=log)
                 raise TrainingDiverged(
-                    f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {i + 1} (global step "
+                    f"loss is {value} at epoch {epoch + 1}, step {i + 1} (global step "
                     f"{state['global_step'] + 1}), batch of digits {i * cfg.batch_size}-{(i + 1) * cfg.batch_size - 1} "
                     f"of the epoch's order; last good checkpoint: {where or 'none'}. Try a lower lr or clip_grad."
                 )
@@ -216,23 +259,28 @@ def train(cfg: RunConfig, resume: bool = False, log=print) -> Path:
             if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps:
                 checkpoint(epoch, i + 1)
         bar.close()
-        metrics = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.bf16)
+        loss_sum, wrong, seen = dist.all_reduce_sum([loss_sum, wrong, seen], device)
+        metrics = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.bf16, world)
         row = {"epoch": epoch + 1, "step": state["global_step"], "lr": lr,
                "train_loss": loss_sum / max(seen, 1), "train_err": 100.0 * wrong / max(seen, 1), **metrics,
                "wall_s": round(time.perf_counter() - t_start, 2)}
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if world.main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} err {row['train_err']:.2f}% | "
             f"test err {metrics['test_err']:.2f}% | {row['wall_s']:.0f} s")
         checkpoint(epoch + 1, 0)
         state["step_in_epoch"] = 0
 
-    final = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.bf16)
+    final = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.bf16, world)
     summary = {"model": cfg.model, "experiment": cfg.experiment, "source": cfg.source, "seed": cfg.seed,
-               "params": n_params, "epochs": cfg.epochs, **final, "wall_s": round(time.perf_counter() - t_start, 1)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+               "params": n_params, "epochs": cfg.epochs, "processes": world.size, **final,
+               "wall_s": round(time.perf_counter() - t_start, 1)}
+    if world.main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log(f"done: {cfg.model} on {cfg.experiment}: test error {final['test_err']:.2f}% "
         f"({final['test_n']} images), {n_params:,} params, {summary['wall_s']:.0f} s -> {run_dir}")
+    dist.barrier()  # no process leaves before the run folder is complete
     return run_dir
 
 

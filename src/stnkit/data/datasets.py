@@ -100,20 +100,35 @@ class GeneratedDataset:
     def __len__(self) -> int:
         return len(self.index)
 
-    def generator(self, epoch: int = 0) -> torch.Generator:
+    def generator(self, epoch: int = 0, rank: int | None = None) -> torch.Generator:
+        """The epoch's generator; a process of a data-parallel job (rank) gets its own stream."""
         e = 0 if self.fixed else epoch
-        return torch.Generator().manual_seed(_seed(self.seed, self.name, self.split, e))
+        parts = (self.seed, self.name, self.split, e) + (() if rank is None else ("rank", rank))
+        return torch.Generator().manual_seed(_seed(*parts))
 
-    def batches(self, batch_size: int, epoch: int = 0, shuffle: bool | None = None, drop_last: bool = False) -> Iterator[Batch]:
-        """Each digit of the split once per epoch (in a seeded order for training)."""
+    def batches(self, batch_size: int, epoch: int = 0, shuffle: bool | None = None, drop_last: bool = False,
+                rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Each digit of the split once per epoch (in a seeded order for training).
+
+        With world > 1 (data-parallel training) batch_size is the global batch: every process
+        walks the same epoch order and renders its own slice of each global batch, drawing the
+        distortions from a seed of (seed, rank, epoch); one process renders exactly as before.
+        """
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world > 1 and batch_size % world:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes ({world})")
         g = self.generator(epoch)
         shuffle = self.split == "train" if shuffle is None else shuffle
         order = self.index[torch.randperm(len(self.index), generator=g)] if shuffle else self.index
+        if world > 1:
+            g = self.generator(epoch, rank)
+        local = batch_size // world
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for i in range(0, stop, batch_size):
-            yield self.render(order[i:i + batch_size], g)
+            mine = order[i:i + batch_size][rank * local:(rank + 1) * local]
+            if len(mine):
+                yield self.render(mine, g)
 
     def render(self, idx: torch.Tensor, g: torch.Generator) -> Batch:
         """The batch for digit indices idx (B,), drawing its distortions from g."""

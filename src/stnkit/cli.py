@@ -54,11 +54,33 @@ def _config_from(args):
     return build(base, over)
 
 
+def _torchrun(args) -> int:
+    """`stnkit train --nproc N ...` = `torchrun --standalone --nproc_per_node=N -m stnkit train ...`."""
+    import subprocess
+
+    argv = [args.experiment, *(["--model", args.model] if args.model else []),
+            *(["--config", args.config] if args.config else []), *(["--resume"] if args.resume else []),
+            *args.overrides]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "stnkit", "train", *argv]
+    print("running: " + " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd)
+
+
 def _train(args) -> int:
+    import os
+
     from .engine import train
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be a positive number of processes, got {args.nproc}")
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _config_from(args)  # bad settings fail here, once, before any process starts
+        return _torchrun(args)
     cfg = _config_from(args)
     if cfg.experiment.startswith("coloc"):
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise ValueError("co-localisation training runs in one process; start it without torchrun/--nproc")
         from .coloc import train_coloc
 
         train_coloc(cfg, 3 if cfg.digit_class is None else cfg.digit_class)
@@ -116,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--model", help="model name (default: the experiment config's)")
     t.add_argument("--config", help="a YAML config file (default: the experiment's shipped config)")
     t.add_argument("--resume", action="store_true", help="continue the run from its newest good checkpoint")
+    t.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this machine (runs torchrun --standalone; gloo on CPU, NCCL on GPUs)")
     t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=5 lr=0.05")
     t.set_defaults(func=_train)
     e = sub.add_parser("eval", help="test error of a trained run")

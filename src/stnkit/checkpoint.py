@@ -142,6 +142,15 @@ def latest_good(run_dir: Path, warn=print) -> Path | None:
     return None
 
 
+def remove_partial(run_dir: Path) -> list[Path]:
+    """Delete temporary folders left by a checkpoint write that was killed; -> what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    left = sorted(p for p in root.glob(".step-*") if p.is_dir()) if root.is_dir() else []
+    for p in left:
+        shutil.rmtree(p, ignore_errors=True)
+    return left
+
+
 def prune(run_dir: Path, keep: int) -> None:
     for folder in candidates(run_dir)[keep:]:
         shutil.rmtree(folder, ignore_errors=True)

@@ -34,7 +34,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # bf16 autocast
-    st_size: str | None = None  # ST output: None (input size) or "half"; models without an ST ignore it
+    st_size: str | int | list[int] | None = None  # ST output: None (input size), "half", N or [H, W]; models without an ST ignore it
     budget: int | None = None  # parameter count to size the model to
     match_budget: str | None = None  # or: size the model to this other model's count (e.g. "cnn")
     digit_class: int | None = None  # co-localisation: the one class of the image set (default 3)
@@ -50,7 +50,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {"optimizer": ("sgd", "adam"), "source": ("bundled", "mnist", "fashion-mnist"), "st_size": (None, "half")}
+_CHOICES = {"optimizer": ("sgd", "adam"), "source": ("bundled", "mnist", "fashion-mnist")}
+
+
+def _is_size(v) -> bool:
+    """null, "half", a positive side length or a positive [H, W]."""
+    def pos(n):
+        return isinstance(n, int) and not isinstance(n, bool) and n > 0
+    return v is None or v == "half" or pos(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(pos, v)))
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -64,6 +71,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
             bad(key, f"one of {list(allowed)}")
+    if not _is_size(cfg.st_size):
+        bad("st_size", "null (the input's size), 'half', a positive integer N (N x N) or [H, W] of positive integers")
     if cfg.experiment not in dataset_names():
         bad("experiment", f"one of {dataset_names()}")
     if cfg.model not in list_models():

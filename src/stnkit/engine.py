@@ -185,7 +185,13 @@ def _train(cfg: RunConfig, resume: bool, log, world: dist.World) -> Path:
     opt = make_optimizer(cfg, model)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "wall_s": 0.0}
     if resume:
+        if world.main:
+            for left in ckpt.remove_partial(run_dir):
+                log(f"removed {left}: a checkpoint whose writing was interrupted")
         found = ckpt.latest_good(run_dir, warn=log)
+        if found is None and ckpt.candidates(run_dir):
+            raise ckpt.CheckpointError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged (see above); "
+                                       "move that folder away to start the run again from scratch")
         if found is None:
             log(f"no checkpoint in {run_dir}: starting from scratch")
         else:
@@ -212,12 +218,24 @@ def _train(cfg: RunConfig, resume: bool, log, world: dist.World) -> Path:
     def checkpoint(epoch, step_in_epoch, extra=None):
         nonlocal last_saved
         rng = dist.gather_objects(torch.get_rng_state())  # every process takes part
-        if world.main:
-            st = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": state["global_step"],
-                  "wall_s": time.perf_counter() - t_start, "world_size": world.size, **(extra or {})}
-            last_saved = ckpt.save(run_dir / "checkpoints" / f"step-{state['global_step']:08d}", model, opt, st,
-                                   rng=rng)
-            ckpt.prune(run_dir, cfg.keep_checkpoints)
+        if not world.main:
+            return
+        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # never write weights a later resume would choke on
+            raise TrainingDiverged(f"weights {bad[:3]} became NaN/Inf by global step {state['global_step']} "
+                                   f"(epoch {epoch + 1}); last good checkpoint: {last_saved or 'none'}. "
+                                   "Try a lower lr or clip_grad.")
+        st = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": state["global_step"],
+              "wall_s": time.perf_counter() - t_start, "world_size": world.size, **(extra or {})}
+        folder = run_dir / "checkpoints" / f"step-{state['global_step']:08d}"
+        try:
+            last_saved = ckpt.save(folder, model, opt, st, rng=rng)
+        except OSError as e:  # a full disk, a lost mount: the previous checkpoint is untouched
+            raise ckpt.CheckpointError(
+                f"could not write checkpoint {folder}: {e}. The previous checkpoint "
+                f"({last_saved or ckpt.latest_good(run_dir, warn=log) or 'none'}) is intact; "
+                "free space and continue with --resume") from e
+        ckpt.prune(run_dir, cfg.keep_checkpoints)
 
     model.train()
     for epoch in range(state["epoch"], cfg.epochs):

@@ -45,7 +45,8 @@ def _cnn3d(in_shape=(1, 60, 60, 60), num_classes=10, budget=None, width=16):
 def _st_cnn3d(in_shape=(1, 60, 60, 60), num_classes=10, budget=None, st_size="half"):
     """A 3D affine ST (output 30^3 by default) -> depth mean -> 2D CNN."""
     C, D, H, W = in_shape
-    size = (D // 2, H // 2, W // 2) if st_size == "half" else (D, H, W) if st_size is None else tuple(st_size)
+    size = ((D // 2, H // 2, W // 2) if st_size == "half" else (D, H, W) if st_size is None
+            else (st_size,) * 3 if isinstance(st_size, int) else tuple(st_size))
     st = SpatialTransformer(conv3d_localisation(C, min(D, H, W)), "affine3d", size)
     rest = None if budget is None else max(budget - count_params(st), 1000)
     head = fit_width(lambda w: cnn((C, size[1], size[2]), num_classes, w), rest, 16)

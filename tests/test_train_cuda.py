@@ -1,0 +1,21 @@
+"""Training on a CUDA GPU (skipped without one): the engine picks the GPU, bf16 autocast
+trains, checkpoints load back on the CPU."""
+import pytest
+import torch
+
+from stnkit import engine
+from stnkit.config import build
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_on_the_gpu(tmp_path, bf16):
+    cfg = build({"experiment": "rts", "model": "st-cnn-affine", "st_size": "half", "batch_size": 64,
+                 "steps_per_epoch": 20, "epochs": 2, "optimizer": "adam", "lr": 0.002, "bf16": bf16,
+                 "progress": False, "out": str(tmp_path)})
+    run = engine.train(cfg, log=lambda *_: None)
+    _, model, test = engine.load_run(run)  # loads on the CPU
+    m = engine.evaluate(model, test, 500)
+    assert m["test_err"] < 85 and next(model.parameters()).device.type == "cpu"

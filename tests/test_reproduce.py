@@ -43,3 +43,47 @@ def test_run_writes_markdown_beside_the_paper_and_reuses_finished_rows(tmp_path,
     assert len(trained) == 8  # the second call trained nothing
     with pytest.raises(ValueError, match="other settings .*epochs: 12 -> 3"):
         reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), overrides={"epochs": 3}, log=lambda *_: None)
+
+
+def test_every_paper_table_is_scheduled():
+    svhn = reproduce.jobs("svhn", "quick", out="/tmp/x")
+    assert {(c, m, cfg.experiment) for c, m, cfg in svhn} == {
+        (f"{s}px", m, f"seq{s}") for s in (64, 128) for m in reproduce.SVHN}
+    real = reproduce.jobs("svhn", "quick", out="/tmp/x", real=True)
+    assert {cfg.experiment for _, _, cfg in real} == {"svhn64", "svhn128"}
+    cub = reproduce.jobs("cub", "quick", out="/tmp/x")
+    assert [(c, m, cfg.experiment) for c, m, cfg in cub] == [
+        ("224px", "cub-cnn", "cub224"), ("224px", "cub-2xst-cnn", "cub224"),
+        ("448px", "cub-2xst-cnn", "cub448"), ("448px", "cub-4xst-cnn", "cub448")]
+    assert [m for _, m, _ in reproduce.jobs("3d", "quick", out="/tmp/x")] == ["3d-cnn", "3d-st-cnn-affine"]
+    coloc = reproduce.jobs("coloc", "paper", seeds=1, out="/tmp/x")
+    assert len(coloc) == 2 * 10 and {cfg.experiment for _, _, cfg in coloc} == {"coloc", "coloc-clutter"}
+    assert sorted({cfg.digit_class for _, _, cfg in coloc}) == list(range(10))
+
+
+def test_coloc_table_scores_iou_and_reuses_finished_runs(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_coloc(cfg, digit_class, log=print):
+        trained.append((cfg.experiment, digit_class))
+        run = tmp_path / cfg.name
+        run.mkdir(parents=True)
+        save(cfg, run / "config.yaml")
+        iou = 90.0 if cfg.experiment == "coloc" else 60.0
+        (run / "summary.json").write_text(json.dumps({"iou_over_half": iou, "wall_s": 6.0}))
+        return run
+
+    monkeypatch.setattr("stnkit.coloc.train_coloc", fake_coloc)
+    text = reproduce.run("coloc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None).read_text()
+    assert "IoU > 0.5" in text and "| attention ST, triplet loss | 90.0 ± 0.0 | 100.0 | 60.0 ± 0.0 | 75-93 |" in text
+    assert trained == [("coloc", 3)] * 2 + [("coloc-clutter", 3)] * 2
+    reproduce.run("coloc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None)
+    assert len(trained) == 4
+
+
+def test_cub_without_files_says_where_to_put_them(tmp_path, capsys):
+    from stnkit.cli import main
+
+    assert main(["reproduce", "cub", "--out", str(tmp_path), f"data_dir={tmp_path / 'nothing'}"]) == 2
+    err = capsys.readouterr().err
+    assert "CUB_200_2011" in err and "nothing" in err

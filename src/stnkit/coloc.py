@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RunConfig
+from .config import save as save_config
 from .data import make_dataset
 from .data.sources import load_digits
 from .layers import SpatialTransformer, conv_localisation
@@ -123,6 +124,7 @@ def train_coloc(cfg: RunConfig, digit_class: int = 3, log=print) -> Path:
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.out) / (cfg.name or f"{cfg.experiment}-class{digit_class}-seed{cfg.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
     kw = dict(source=cfg.source, seed=cfg.seed, root=cfg.data_dir, digit_class=digit_class)
     train_ds, test_ds = make_dataset(cfg.experiment, "train", **kw), make_dataset(cfg.experiment, "test", **kw)
     enc = encoder(cfg, log)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from .distort import DISTORTIONS
+from .files import DESCRIPTIONS as FILE_DESCRIPTIONS
+from .files import FILES, make_file_dataset
 from .sources import Digits, load_digits
 from .tasks import Addition, CoLocalisation, Sequences, Volumes3D
 
@@ -54,12 +56,14 @@ DESCRIPTIONS = {
     "3d": "3D: an extruded digit at a random 3D pose in a 60x60x60 volume",
     "seq64": "multi-digit sequences (SVHN stand-in): 1-5 digits, 64x64 crops, 10 = no digit",
     "seq128": "multi-digit sequences, looser 128x128 crops",
+    **FILE_DESCRIPTIONS,
 }
 NUM_CLASSES = {"addition": 19, "seq64": 11, "seq128": 11}
 
 
 def names() -> list[str]:
-    return list(TASKS)
+    """Every dataset: the generated ones (TASKS), then the user's files (FILES)."""
+    return list(TASKS) + list(FILES)
 
 
 @dataclass
@@ -144,5 +148,8 @@ class GeneratedDataset:
         return self.render(idx, g)
 
 
-def make_dataset(name: str, split: str = "train", **kwargs) -> GeneratedDataset:
+def make_dataset(name: str, split: str = "train", **kwargs):
+    """GeneratedDataset for a generated dataset, FileDataset for SVHN/CUB from the user's files."""
+    if name in FILES:
+        return make_file_dataset(name, split, seed=kwargs.get("seed", 0), root=kwargs.get("root"))
     return GeneratedDataset(name, split, **kwargs)

@@ -1,4 +1,4 @@
-"""The command line: `stnkit demo|train|eval|show|reproduce|data`. Parses, then calls the library."""
+"""The command line: `stnkit demo|train|eval|show|export|predict|reproduce|data`. Parses, then calls the library."""
 from __future__ import annotations
 
 import argparse
@@ -111,6 +111,28 @@ def _show(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import OPSET, export_run
+
+    r = export_run(args.run, args.format, args.out, check=args.check, dynamo=not args.legacy)
+    what = "TorchScript" if args.format == "torchscript" else f"ONNX (opset {OPSET}{', legacy exporter' if args.legacy else ''})"
+    print(f"wrote {r['path']}: {r['model']} as {what}, input x (batch, {', '.join(map(str, r['input']))})")
+    if r["max_abs_diff"] is not None:
+        print(f"max |difference| from PyTorch on {r['checked']} test images: {r['max_abs_diff']:.2e}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .engine import load_run
+    from .predict import predict_files
+
+    _, model, _ = load_run(args.run)
+    for r in predict_files(model, args.images, args.out, top=args.top):
+        best = ", ".join(f"{c} ({p:.3f})" for c, p in r["top"])
+        print(f"{r['file']}: {best}" + "".join(f"\n  transformer output: {w}" for w in r["warped"]))
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import demo
 
@@ -151,6 +173,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=12)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_show)
+    x = sub.add_parser("export", help="write a trained run as ONNX or TorchScript, transformers included")
+    x.add_argument("run", help="run folder")
+    x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    x.add_argument("--out", help="output file (default RUN/model.onnx or RUN/model.pt)")
+    x.add_argument("--check", type=int, default=256, help="compare with PyTorch on this many test images (0: skip)")
+    x.add_argument("--legacy", action="store_true", help="ONNX: the TorchScript-based exporter (torch < 2.5; no 3D)")
+    x.set_defaults(func=_export)
+    pr = sub.add_parser("predict", help="classify image files; write what each transformer made of them")
+    pr.add_argument("run", help="run folder")
+    pr.add_argument("images", nargs="+", help="PNG or JPEG files (resized to the model's input, grey or RGB)")
+    pr.add_argument("--out", help="folder for the transformer outputs (default: beside each image)")
+    pr.add_argument("--top", type=int, default=3, help="classes to list per image (default 3)")
+    pr.set_defaults(func=_predict)
     r = sub.add_parser("reproduce", help="every row of a paper table, beside the published numbers")
     r.add_argument("table", choices=["table1", "tc", "addition"])
     r.add_argument("--budget", default="quick", choices=["quick", "paper"])

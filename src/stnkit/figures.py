@@ -29,18 +29,19 @@ def draw_points(img: torch.Tensor, xy: torch.Tensor, colour: torch.Tensor, thick
             img[p[ok, 1], p[ok, 0]] = colour
 
 
-def _record(model: nn.Module, x: torch.Tensor):
-    """Run model on x; -> [(st, its input, its output)] for every transformer call."""
+def record_transformers(model: nn.Module, x: torch.Tensor):
+    """Run model on x without gradients; -> (its output, [(st, its input, its output)] for every
+    transformer call, in call order)."""
     calls, hooks = [], []
     for st in transformers(model):
         hooks.append(st.register_forward_hook(lambda m, a, out: calls.append((m, a[0], out))))
     try:
         with torch.no_grad():
-            model(x)
+            y = model(x)
     finally:
         for h in hooks:
             h.remove()
-    return calls
+    return y, calls
 
 
 def region_on_input(st: SpatialTransformer, params: torch.Tensor, size_hw, n: int = 64) -> torch.Tensor:
@@ -56,7 +57,7 @@ def transformer_figure(model: nn.Module, x: torch.Tensor, ncol: int = 3, scale: 
     """x: (B, C, H, W) model inputs -> (H', W', 3) uint8 figure. Transformers that act on the
     input image get their sampled region drawn on it; every transformer's output is shown."""
     model.eval()
-    calls = _record(model, x)
+    _, calls = record_transformers(model, x)
     if not calls:
         raise ValueError("this model has no spatial transformer to show")
     B, C, H, W = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]

@@ -72,7 +72,7 @@ def warp(
     check_choice("mode", mode, MODES_2D if family.dim == 2 else MODES_3D, f"for {family.dim}D warps")
     check_choice("padding_mode", padding_mode, PADDING_MODES)
     if output_size is None and not isinstance(family, _t.Flow):
-        output_size = tuple(x.shape[2:])
+        output_size = tuple(int(s) for s in x.shape[2:])  # ints also while tracing
     size = _size(family, p, output_size)
 
     dtype = torch.promote_types(torch.promote_types(x.dtype, p.dtype), torch.float32)

@@ -111,7 +111,15 @@ def projective_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corne
     Output pixels whose denominator h31 x + h32 y + 1 is at or below PROJECTIVE_EPS map to a
     point far outside the input (they read the padding value), with zero gradient.
     """
-    out = _ProjectiveGrid.apply(src_from_dst, tuple(size), align_corners)  # (B, 2, H'W')
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # TorchScript and ONNX cannot record a Python autograd Function: the same values from
+        # plain ops (num * (1 / w), or OUTSIDE: the Function's forward bit for bit).
+        full = affine_grid_planar(src_from_dst, size, align_corners).flatten(2)  # (B, 3, H'W')
+        w = full[:, 2:]  # (B, 1, H'W')
+        ahead = w > PROJECTIVE_EPS
+        out = torch.where(ahead, full[:, :2] * torch.where(ahead, w, 1.0).reciprocal(), OUTSIDE)  # (B, 2, H'W')
+    else:
+        out = _ProjectiveGrid.apply(src_from_dst, tuple(size), align_corners)  # (B, 2, H'W')
     return out.view(-1, 2, *size).movedim(1, -1)
 
 

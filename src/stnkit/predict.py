@@ -1,0 +1,75 @@
+"""Classify image files with a trained run, and write what each spatial transformer made of them."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .figures import record_transformers
+from .plots import to_rgb, write_png
+
+__all__ = ["load_image", "predict", "predict_files"]
+
+
+def load_image(path: str | Path, shape: Sequence[int]) -> torch.Tensor:
+    """An image file (PNG, JPEG, anything Pillow reads) as the model's input: grey (C = 1) or
+    RGB (C = 3), resized to shape (C, H, W), scaled to [0, 1] like the training data -> (C, H, W)."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise RuntimeError("reading images needs Pillow: pip install pillow") from None
+    path = Path(path)
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ValueError(f"this model takes inputs of shape {tuple(shape)}; predict reads 2D images for models "
+                         f"with 1 (grey) or 3 (RGB) channels")
+    C, H, W = shape
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if C == 1 else "RGB").resize((W, H), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read {path} as an image: {e}") from None
+    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(H, W, C)
+    return x.permute(2, 0, 1).float().div_(255)
+
+
+def predict(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """x: (B, C, H, W) -> (class probabilities (B, K) or (B, L, K) for sequences, the outputs
+    (B, C', H', W') of every transformer that warps the input itself, in call order)."""
+    model.eval()
+    logits, calls = record_transformers(model, x)
+    return logits.float().softmax(-1), [out for _, inp, out in calls if inp is x]
+
+
+def _name(prefix: str, k: int, n: int) -> str:
+    return f"{prefix}.st.png" if n == 1 else f"{prefix}.st{k + 1}.png"
+
+
+def predict_files(model: nn.Module, files: Sequence[str | Path], out: str | Path | None = None,
+                  top: int = 3) -> list[dict]:
+    """Classify image files and write each transformer's output as PNG beside each input (or in
+    out): IMAGE.st.png, or IMAGE.st1.png, IMAGE.st2.png... for several transformers.
+    -> one {"file", "top": [(class, probability)...], "warped": [paths]} per file (sequence
+    models: "top" holds the best class of each position)."""
+    if top < 1:
+        raise ValueError(f"top must be at least 1, got {top}")
+    x = torch.stack([load_image(f, model.in_shape) for f in files])  # (N, C, H, W); every file checked first
+    probs, warped = predict(model, x)
+    results = []
+    for i, f in enumerate(files):
+        f = Path(f)
+        folder = Path(out) if out is not None else f.parent
+        p = probs[i]  # (K,) or (L, K)
+        k = min(top, p.shape[-1])
+        best = p.topk(k, dim=-1)
+        if p.dim() == 1:
+            top_k = list(zip(best.indices.tolist(), best.values.tolist()))
+        else:  # a sequence: the best class of every position
+            top_k = list(zip(best.indices[:, 0].tolist(), best.values[:, 0].tolist()))
+        paths = [write_png(folder / _name(f.stem, j, len(warped)), to_rgb(w[i:i + 1].clamp(0, 1))[0])
+                 for j, w in enumerate(warped)]
+        results.append({"file": f, "top": top_k, "warped": paths})
+    return results

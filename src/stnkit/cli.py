@@ -144,7 +144,7 @@ def _reproduce(args) -> int:
     from .config import parse_override
     from .reproduce import run
 
-    run(args.table, args.budget, args.seeds, args.out, dict(parse_override(o) for o in args.overrides))
+    run(args.table, args.budget, args.seeds, args.out, dict(parse_override(o) for o in args.overrides), real=args.real)
     return 0
 
 
@@ -187,10 +187,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--top", type=int, default=3, help="classes to list per image (default 3)")
     pr.set_defaults(func=_predict)
     r = sub.add_parser("reproduce", help="every row of a paper table, beside the published numbers")
-    r.add_argument("table", choices=["table1", "tc", "addition"])
+    r.add_argument("table", choices=["table1", "tc", "addition", "svhn", "cub", "3d", "coloc"])
     r.add_argument("--budget", default="quick", choices=["quick", "paper"])
     r.add_argument("--seeds", type=int, default=None, help="seeds per row (quick: 1, paper: 3)")
     r.add_argument("--out", default="runs/reproduce")
+    r.add_argument("--real", action="store_true",
+                   help="svhn: train on your SVHN files (DATA/svhn) instead of the MNIST-sequence stand-in")
     r.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     r.set_defaults(func=_reproduce)
     data = sub.add_parser("data", help="datasets: list, look at, download").add_subparsers(dest="data_command", required=True)

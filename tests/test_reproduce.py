@@ -41,7 +41,7 @@ def test_run_writes_markdown_beside_the_paper_and_reuses_finished_rows(tmp_path,
     assert "4.0 min" in text  # 8 runs x 30 s
     reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None)
     assert len(trained) == 8  # the second call trained nothing
-    with pytest.raises(ValueError, match="other settings .*epochs: 12 -> 3"):
+    with pytest.raises(ValueError, match="other settings .*epochs: 30 -> 3"):
         reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), overrides={"epochs": 3}, log=lambda *_: None)
 
 

@@ -24,6 +24,46 @@ def check_float_tensor(name: str, t, ndims: Sequence[int] | None = None) -> None
         raise ValueError(f"{name} must be {want}, got shape {tuple(t.shape)}")
 
 
+class BadValues(ValueError):
+    """NaN, Inf or too large values in `name`; `items`: their indices along the first axis."""
+
+    def __init__(self, message: str, name: str, items: list[int]):
+        super().__init__(message)
+        self.name, self.items = name, items
+
+
+def tracing() -> bool:
+    """True while torch.jit.trace, ONNX export, torch.compile or torch.export records the call:
+    data-dependent checks (a tensor read as a Python bool) are skipped then."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def check_finite(name: str, t: torch.Tensor, what: str = "batch item", hint: str = "", limit: float | None = None) -> None:
+    """Raise a ValueError naming the items (along the first axis) of `t` that hold NaN or Inf,
+    or, given `limit`, a magnitude above it. One reduction and one host sync when all is well."""
+    if tracing() or t.numel() == 0:
+        return
+    if limit is not None:  # a limit beyond t's dtype would read as inf there, letting inf pass
+        limit = min(limit, torch.finfo(t.dtype).max)
+    ok = torch.isfinite(t) if limit is None else t.detach().abs() <= limit  # NaN fails both
+    if bool(ok.all()):
+        return
+    if t.dim() == 0:
+        raise ValueError(f"{name} must be finite{_within(limit)}, got {t.item()}{hint}")
+    bad = (~ok).reshape(t.shape[0], -1).any(1).nonzero().flatten().tolist()
+    which = f"{what}(s) {bad[:8]}{' ...' if len(bad) > 8 else ''}"
+    if limit is not None and bool(torch.isfinite(t).all()):
+        raise BadValues(
+            f"{name} must be at most {limit:.3g} in magnitude, but {which} reach "
+            f"{float(t.detach().abs().max()):.3g}{hint}", name, bad,
+        )
+    raise BadValues(f"{name} must be finite, but {which} hold NaN or Inf ({t.dtype}){hint}", name, bad)
+
+
+def _within(limit: float | None) -> str:
+    return "" if limit is None else f" and at most {limit:.3g} in magnitude"
+
+
 def check_choice(name: str, value, allowed: Sequence[str], context: str = "") -> None:
     if value not in allowed:
         where = f" {context}" if context else ""

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import transforms as _t
-from ._checks import check_size
+from ._checks import BadValues, check_size
 from .warp import warp
 
 __all__ = ["SpatialTransformer", "BoundedParams", "fc_localisation", "conv_localisation"]
@@ -159,10 +159,21 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.params(x)
         self.last_params = theta.detach()
-        return warp(
-            x, theta, self.transform, self.output_size,
-            mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners, fill=self.fill,
-        )
+        kw = dict(mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners, fill=self.fill)
+        try:
+            return warp(x, theta, self.transform, self.output_size, **kw)
+        except BadValues as e:  # NaN, Inf or huge params: the localisation net diverged
+            if e.name != "params":
+                raise
+            bad = e.items
+        # Those items sample nothing: they are `fill`, with zero gradient, and the others are
+        # unchanged, so a training loop sees a finite loss and catches the NaN weights itself.
+        keep = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
+        keep[bad] = False
+        start = self.transform.identity_params(dtype=theta.dtype, device=theta.device)
+        out = warp(x, torch.where(keep[:, None], theta, start), self.transform, self.output_size, **kw)
+        fill = torch.as_tensor(0.0 if self.fill is None else self.fill, dtype=out.dtype, device=out.device)
+        return torch.where(keep.view(-1, *[1] * (out.dim() - 1)), out, fill.reshape(1, -1, *[1] * (out.dim() - 2)))
 
     def extra_repr(self) -> str:
         return f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_float_tensor
+from ._checks import check_finite, check_float_tensor
 from .functional import matrix as M
 from .functional import tps as T
 from .functional.coords import identity_grid
@@ -47,6 +47,11 @@ class Transform:
             f"{self.name!r} has no closed-form inverse; families that have one: "
             f"{[n for n in names() if get(n).has_inverse]}"
         )
+
+    def coordinate_gain(self, params: torch.Tensor) -> float:
+        """A bound on |source coordinate| / max |params| over output coordinates in [-1, 1]
+        (for a homography: before the division by h31 x + h32 y + 1)."""
+        return self.dim + 1.0
 
     def canonical(self, params) -> torch.Tensor:
         """Validate `params` and return them flat: (B, P)."""
@@ -180,13 +185,13 @@ class Affine(MatrixTransform):
 
     def inverse(self, params):
         d = self.dim
-        A = self.matrix(params)
+        A = self.matrix(params.to(_solve_dtype(params)))
         lin = A[:, :, :d]
         det = torch.linalg.det(lin)
         _nonzero("the determinant of the linear part", det)
         inv = torch.linalg.inv(lin)
         t = -(inv @ A[:, :, d:])
-        return torch.cat([inv, t], dim=2).reshape(params.shape[0], -1)
+        return torch.cat([inv, t], dim=2).flatten(1).to(params.dtype)  # (B, d (d + 1))
 
 
 class Projective(Transform):
@@ -208,8 +213,11 @@ class Projective(Transform):
         check_float_tensor("params", params)
         if params.dim() == 3 and tuple(params.shape[1:]) == (3, 3):
             h33 = params[:, 2:, 2:]
-            _nonzero("h33 of a (B, 3, 3) homography", h33)
-            return (params / h33).reshape(-1, 9)[:, :8]
+            check_finite("params", params)
+            _nonzero("h33 of a (B, 3, 3) homography", h33, "cannot divide by h33")
+            p = (params / h33).reshape(-1, 9)[:, :8]
+            check_finite("params / h33", p, hint=f"; h33 is too small for {p.dtype}")
+            return p
         return super().canonical(params)
 
     def grid(self, params, size, align_corners):
@@ -219,12 +227,12 @@ class Projective(Transform):
         return M.projective_points(M.homography_matrix(params), points)
 
     def inverse(self, params):
-        H = M.homography_matrix(params)
+        H = M.homography_matrix(params.to(_solve_dtype(params)))
         _nonzero("the determinant of the homography", torch.linalg.det(H))
         inv = torch.linalg.inv(H)
         h33 = inv[:, 2:, 2:]
         _nonzero("h33 of the inverse homography (it maps the origin to infinity)", h33)
-        return (inv / h33).reshape(-1, 9)[:, :8]
+        return (inv / h33).reshape(-1, 9)[:, :8].to(params.dtype)
 
 
 class TPS(Transform):
@@ -255,6 +263,7 @@ class TPS(Transform):
         else:
             self.targets = T.square_grid_points((grid_size or 4) ** 2)
         self.weights = T.solve_weights(self.targets, self.reg)  # (K + 3, K), float64, CPU
+        self.gain = self._gain()
         self._grid_cache: dict = {}
         self._by_k: dict[int, TPS] = {}
 
@@ -279,10 +288,21 @@ class TPS(Transform):
             self._by_k[K] = TPS(grid_size=math.isqrt(K), reg=self.reg)
         return self._by_k[K]
 
+    def _gain(self) -> float:
+        """max over [-1, 1]^2 of sum_k |grid weight of control point k| (the Lebesgue constant),
+        sampled on a 33 x 33 grid and doubled: |grid| <= gain * max |params|. About 3.4 for
+        the square grids; large for nearly coincident targets."""
+        pts = identity_grid((33, 33), True, dtype=torch.float64).reshape(-1, 2)
+        m = T.basis(pts, self.targets) @ self.weights  # (N, K): grid points = m @ sources
+        return 2.0 * max(1.0, float(m.abs().sum(1).max()))
+
+    def coordinate_gain(self, params):
+        return self._for(params).gain
+
     def canonical(self, params):
         check_float_tensor("params", params)
         if params.dim() == 3 and params.shape[2] == 2:
-            params = params.reshape(params.shape[0], -1)
+            params = params.flatten(1)  # (B, 2K), also for B = 0
         if params.dim() == 2 and params.shape[1] % 2 == 0 and self._fixed_k:
             K = params.shape[1] // 2
             n = math.isqrt(K)
@@ -370,16 +390,22 @@ class Flow(Transform):
         disp = torch.nn.functional.grid_sample(
             field, loc, mode="bilinear", padding_mode="border", align_corners=align_corners
         )  # (B, d, 1.., N)
-        return points + disp.reshape(points.shape[0], self.dim, -1).transpose(1, 2)
+        return points + disp.reshape(points.shape[0], self.dim, points.shape[1]).transpose(1, 2)
 
     def identity_params(self, dtype=None, device=None):
         raise ValueError(f"{self.name!r} identity depends on the output size: use torch.zeros(B, *size, {self.dim})")
 
 
-def _nonzero(what: str, t: torch.Tensor) -> None:
-    bad = t.detach().abs() < 1e-12
+def _solve_dtype(params: torch.Tensor) -> torch.dtype:
+    """float16 and bfloat16 have no LU kernels: solve in float32."""
+    return torch.promote_types(params.dtype, torch.float32)
+
+
+def _nonzero(what: str, t: torch.Tensor, action: str = "cannot invert") -> None:
+    bad = ~(t.detach().abs() >= 1e-12)  # NaN (e.g. an overflowing determinant) too
     if bool(bad.any()):
-        raise ValueError(f"cannot invert: {what} is zero for batch item(s) {bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten().tolist()}")
+        items = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{action}: {what} is zero (below 1e-12 in magnitude) or NaN for batch item(s) {items}")
 
 
 _REGISTRY: dict[str, Transform] = {}

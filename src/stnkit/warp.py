@@ -4,21 +4,38 @@ Data flows one way: `warp(x, params, transform)` = sample(x, grid(params, transf
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import transforms as _t
-from ._checks import MODES_2D, MODES_3D, PADDING_MODES, check_choice, check_float_tensor, check_size
+from ._checks import (
+    MODES_2D, MODES_3D, PADDING_MODES, check_choice, check_finite, check_float_tensor, check_size, tracing,
+)
 from .functional.matrix import OUTSIDE
 
 __all__ = ["grid", "warp", "warp_points", "invert"]
 
 
-def _params(params, transform, batch: int | None = None):
+_DIVERGED = "; if a network predicted them, it diverged (lower the learning rate or clip gradients)"
+_OVERFLOW = "; the result overflows {}: use float64, or smaller values"
+
+
+def _far(dtype: torch.dtype) -> float:
+    """The largest source coordinate sent to the sampler: F.grid_sample scales coordinates by
+    the image size, so anything much larger overflows there (to NaN pixels)."""
+    return torch.finfo(dtype).max * 1e-7  # float32: 3.4e31, float64: 1.8e301
+
+
+def _params(params, transform, batch: int | None = None, x_dtype: torch.dtype | None = None):
+    """The family and canonical params (B, P): finite, and small enough that the coordinates
+    they make stay below `_far` of the dtype the grid is built in."""
     family = _t.get(transform)
     p = family.canonical(params)
+    dtype = torch.promote_types(p.dtype if x_dtype is None else torch.promote_types(x_dtype, p.dtype), torch.float32)
+    check_finite("params", p, hint=_DIVERGED, limit=_far(dtype) / family.coordinate_gain(p))
     if batch is not None and p.shape[0] != batch:
         raise ValueError(f"batch mismatch: the input has {batch} items but params have {p.shape[0]}")
     return family, p
@@ -43,7 +60,9 @@ def grid(
     normalised like `F.grid_sample` for the same `align_corners`.
     """
     family, p = _params(params, transform)
-    return family.grid(p, _size(family, p, output_size), bool(align_corners))
+    g = family.grid(p, _size(family, p, output_size), bool(align_corners))
+    check_finite("the grid", g, hint=_OVERFLOW.format(g.dtype))
+    return g
 
 
 def warp(
@@ -68,7 +87,9 @@ def warp(
     """
     family = _t.get(transform)
     check_float_tensor("x", x, ndims=(family.dim + 2,))
-    family, p = _params(params, family, batch=x.shape[0])
+    if 0 in x.shape[2:]:
+        raise ValueError(f"x has no pixels to sample: its spatial size is empty, got shape {tuple(x.shape)}")
+    family, p = _params(params, family, batch=x.shape[0], x_dtype=x.dtype)
     check_choice("mode", mode, MODES_2D if family.dim == 2 else MODES_3D, f"for {family.dim}D warps")
     check_choice("padding_mode", padding_mode, PADDING_MODES)
     if output_size is None and not isinstance(family, _t.Flow):
@@ -77,8 +98,10 @@ def warp(
 
     dtype = torch.promote_types(torch.promote_types(x.dtype, p.dtype), torch.float32)
     g = family.grid(p.to(dtype), size, bool(align_corners))
+    if isinstance(family, _t.Projective):  # 1 / (h31 x + h32 y + 1) can be up to 1e6
+        g = g.clamp(-_far(dtype), _far(dtype))
     src = x.to(dtype)
-    f = _fill(fill, x.shape[1], family.dim, dtype, x.device)
+    f = _fill(fill, x.shape[1], family.dim, dtype, x.device, x.dtype)
     if f is not None:
         src = src - f
     out = F.grid_sample(src, g, mode=mode, padding_mode=padding_mode, align_corners=bool(align_corners))
@@ -92,15 +115,33 @@ def warp(
     return out.to(x.dtype)
 
 
-def _fill(fill, channels: int, dim: int, dtype, device) -> torch.Tensor | None:
+def _fill(fill, channels: int, dim: int, dtype, device, x_dtype) -> torch.Tensor | None:
     if fill is None:
         return None
     if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        _check_fill(torch.tensor(_as_float(fill), dtype=torch.float64), x_dtype)
         return None if fill == 0 else torch.tensor(float(fill), dtype=dtype, device=device)
     if isinstance(fill, torch.Tensor) and fill.dim() <= 1 and fill.numel() in (1, channels):
+        _check_fill(fill.detach(), x_dtype)
         return fill.to(dtype=dtype, device=device).reshape(1, -1, *([1] * dim))
     got = tuple(fill.shape) if isinstance(fill, torch.Tensor) else repr(fill)
     raise ValueError(f"fill must be a number or a tensor of {channels} per-channel values, got {got}")
+
+
+def _as_float(v: int | float) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond float64
+        return math.inf if v > 0 else -math.inf
+
+
+def _check_fill(f: torch.Tensor, x_dtype) -> None:
+    """fill (a 0-D or 1-D tensor) must be finite in x's dtype: the output holds it."""
+    if not tracing() and not bool(torch.isfinite(f.to(x_dtype)).all()):
+        raise ValueError(
+            f"fill must be finite and within the range of x's dtype {x_dtype} "
+            f"(|fill| <= {torch.finfo(x_dtype).max:.4g}), got {f.tolist()}"
+        )
 
 
 def warp_points(
@@ -120,13 +161,16 @@ def warp_points(
     check_float_tensor("points", points, ndims=(2, 3))
     if points.shape[-1] != family.dim:
         raise ValueError(f"{family.name!r} points must have {family.dim} coordinates on the last axis, got {tuple(points.shape)}")
+    check_finite("points", points, "batch item" if points.dim() == 3 else "point")
     B = p.shape[0]
     if points.dim() == 2:
         points = points.expand(B, -1, -1)
     elif points.shape[0] != B:
         raise ValueError(f"batch mismatch: points have {points.shape[0]} items but params have {B}")
     dtype = torch.promote_types(points.dtype, p.dtype)
-    return family.points(p.to(dtype), points.to(dtype), bool(align_corners))
+    out = family.points(p.to(dtype), points.to(dtype), bool(align_corners))
+    check_finite("the mapped points", out, hint=_OVERFLOW.format(dtype))
+    return out
 
 
 def invert(params: torch.Tensor, transform: str | _t.Transform) -> torch.Tensor:
@@ -136,4 +180,6 @@ def invert(params: torch.Tensor, transform: str | _t.Transform) -> torch.Tensor:
     3D versions; `tps` and `flow` raise ValueError.
     """
     family, p = _params(params, transform)
-    return family.inverse(p)
+    inv = family.inverse(p)
+    check_finite("the inverse params", inv, hint=_OVERFLOW.format(inv.dtype) + " (the map is nearly singular)")
+    return inv

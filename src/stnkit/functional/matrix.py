@@ -85,7 +85,7 @@ class _ProjectiveGrid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, size, align_corners):
-        full = affine_grid_planar(h, size, align_corners).reshape(h.shape[0], 3, -1)  # (B, 3, N) homogeneous
+        full = affine_grid_planar(h, size, align_corners).flatten(2)  # (B, 3, N) homogeneous
         inv = _inverse_denominator(full[:, 2])  # (B, N)
         outside = torch.where(inv > 0, 0.0, OUTSIDE)  # (B, N), exact in every float dtype
         out = full[:, :2].mul_(inv[:, None]).add_(outside[:, None])  # in place: a (B, 2, N) view
@@ -120,7 +120,7 @@ def projective_grid(src_from_dst: torch.Tensor, size: Sequence[int], align_corne
         out = torch.where(ahead, full[:, :2] * torch.where(ahead, w, 1.0).reciprocal(), OUTSIDE)  # (B, 2, H'W')
     else:
         out = _ProjectiveGrid.apply(src_from_dst, tuple(size), align_corners)  # (B, 2, H'W')
-    return out.view(-1, 2, *size).movedim(1, -1)
+    return out.unflatten(2, tuple(size)).movedim(1, -1)  # B may be 0
 
 
 def projective_points(src_from_dst: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

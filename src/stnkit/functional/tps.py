@@ -60,8 +60,8 @@ def solve_weights(targets: torch.Tensor, reg: float = 0.0) -> torch.Tensor:
     cond = torch.linalg.cond(L)
     if not bool(torch.isfinite(cond)) or float(cond) > 1e12:
         raise ValueError(
-            "the TPS system of these target control points is singular (are they all on one "
-            "line?); give points that span the plane"
+            f"the TPS system of these {K} target control points is singular (condition number "
+            f"{float(cond):.3g}; are they all on one line, or nearly coincident?); give points that span the plane"
         )
     return torch.linalg.solve(L, rhs)
 

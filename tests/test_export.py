@@ -121,3 +121,13 @@ def test_export_errors_are_clear(tmp_path, capsys):
         main(["export", str(tmp_path), "--format", "tflite"])
     with pytest.raises(ValueError, match="format must be one of"):
         stnkit.export.export_run(tmp_path, "tflite")
+
+
+def test_torch_export_with_a_cold_tps_cache_caches_no_tracer_tensors():
+    model = create_model("st-fcn-tps", in_shape=(1, 28, 28), num_classes=10).eval()
+    stnkit.transforms.get("tps")._grid_cache.clear()
+    program = torch.export.export(model, (torch.rand(2, 1, 28, 28),))  # no eager warm-up first
+    assert not stnkit.transforms.get("tps")._grid_cache  # built under the tracer: not kept
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.allclose(program.module()(x), model(x), atol=1e-6)
+    assert all(type(m) is torch.Tensor for m in stnkit.transforms.get("tps")._grid_cache.values())

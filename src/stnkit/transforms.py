@@ -328,6 +328,8 @@ class TPS(Transform):
             with torch.inference_mode(False), torch.no_grad():
                 pts = identity_grid(size, align_corners, dtype=torch.float64).reshape(-1, 2)
                 m = T.interleaved(T.basis(pts, self.targets) @ self.weights).to(dtype=dtype, device=device)
+            if type(m) is not torch.Tensor or torch.compiler.is_compiling():
+                return m  # built under a tracer (fake/functional tensor): never cache it
             if len(self._grid_cache) >= self._CACHE_LIMIT:
                 self._grid_cache.pop(next(iter(self._grid_cache)))
             self._grid_cache[key] = m

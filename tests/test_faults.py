@@ -235,3 +235,28 @@ def test_invalid_settings_are_rejected_before_any_work(tmp_path, capsys, overrid
     err = capsys.readouterr().err
     assert f"'{key}'" in err and allowed in err, err
     assert not (tmp_path / "b").exists()  # nothing written
+
+
+def test_a_diverged_localisation_net_stops_the_run_at_that_step(tmp_path, monkeypatch):
+    make = engine.make_optimizer
+
+    def breaking_optimizer(cfg, model):  # the localisation net's weights go NaN after step 3
+        opt, calls = make(cfg, model), {"n": 0}
+        step = opt.step
+
+        def broken_step(*a, **k):
+            out = step(*a, **k)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                with torch.no_grad():
+                    model.transformers[0].regression.weight.fill_(float("nan"))
+            return out
+        opt.step = broken_step
+        return opt
+
+    monkeypatch.setattr(engine, "make_optimizer", breaking_optimizer)
+    with pytest.raises(engine.TrainingDiverged) as e:
+        main_raising(["train", *ARGS, f"out={tmp_path}", "name=b"])
+    msg = str(e.value)
+    assert "epoch 1, step 4 (global step 4)" in msg and "localisation net" in msg and "affine" in msg
+    assert "last good checkpoint: " in msg and "step-00000002" in msg

@@ -520,15 +520,19 @@ def test_spatial_transformer(data):
     scale = data.draw(st.sampled_from((0.0, 1.0, 1e6, 1e30, 1e36, math.nan, math.inf)))
     with torch.no_grad():
         st_mod.regression.weight.normal_().mul_(scale)
-    out = _outcome(lambda: st_mod(x))
-    assert out is not None, "a diverged localisation net gives fill, not an error"
-    # items whose predicted params are NaN, Inf or far too large sample nothing: all `fill`
-    theta = st_mod.last_params
-    far = (~torch.isfinite(theta)).any(1) | (theta.abs() > 1e32).any(1)
+    try:
+        out = st_mod(x)
+    except stnkit.LocalisationDiverged as e:  # NaN, Inf or far too large predictions: named, not hidden
+        theta = st_mod.last_params
+        far = (~torch.isfinite(theta)).any(1) | (theta.abs() > 1e30).any(1)
+        assert e.items and far[e.items].all() and "diverged" in str(e), (e, theta)
+        return
+    except ValueError as e:  # e.g. an output size of 0
+        _clear(e)
+        return
+    assert bool(torch.isfinite(out).all()), f"non-finite output: {out}"
     fill = kw["fill"]
-    want = torch.as_tensor(0.0 if fill is None else fill, dtype=out.dtype).reshape(1, -1, *[1] * d)
-    torch.testing.assert_close(out[far], want.expand_as(out)[far])
-    if out is not None and scale <= 1.0 and (fill is None or bool((torch.as_tensor(fill).abs() <= 2).all())):
+    if scale <= 1.0 and (fill is None or bool((torch.as_tensor(fill).abs() <= 2).all())):
         out.sum().backward()
         for name, q in st_mod.named_parameters():
             assert q.grad is None or bool(torch.isfinite(q.grad).all()), name

@@ -20,6 +20,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import RunConfig, save as save_config
 from .data import make_dataset
+from .layers import LocalisationDiverged
 from .models import count_params, create_model, model_options, transformers
 
 
@@ -252,16 +253,20 @@ def _train(cfg: RunConfig, resume: bool, log, world: dist.World) -> Path:
             if i < start:
                 continue  # rendered anyway, so the epoch's random stream stays the same on resume
             x, y = batch.x.to(device), batch.y.to(device)
-            with _autocast(device, cfg.bf16):
-                logits = net(x)
-            loss, err = loss_and_errors(logits, y)
-            value = float(loss.detach())
+            why = ""
+            try:
+                with _autocast(device, cfg.bf16):
+                    logits = net(x)
+                loss, err = loss_and_errors(logits, y)
+                value = float(loss.detach())
+            except LocalisationDiverged as e:  # a transformer predicted NaN/Inf parameters
+                value, why = math.nan, f" ({e})"
             if world.size > 1:  # every process must stop together, or the others wait forever
                 value = dist.all_reduce_sum([value], device)[0] / world.size
             if not math.isfinite(value):
                 where = last_saved or ckpt.latest_good(run_dir, warn=log)
                 raise TrainingDiverged(
-                    f"loss is {value} at epoch {epoch + 1}, step {i + 1} (global step "
+                    f"loss is {value}{why} at epoch {epoch + 1}, step {i + 1} (global step "
                     f"{state['global_step'] + 1}), batch of digits {i * cfg.batch_size}-{(i + 1) * cfg.batch_size - 1} "
                     f"of the epoch's order; last good checkpoint: {where or 'none'}. Try a lower lr or clip_grad."
                 )
@@ -278,7 +283,13 @@ def _train(cfg: RunConfig, resume: bool, log, world: dist.World) -> Path:
                 checkpoint(epoch, i + 1)
         bar.close()
         loss_sum, wrong, seen = dist.all_reduce_sum([loss_sum, wrong, seen], device)
-        metrics = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.bf16, world)
+        try:
+            metrics = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.bf16, world)
+        except LocalisationDiverged as e:  # the epoch's last steps broke a localisation net
+            raise TrainingDiverged(
+                f"weights became NaN/Inf by global step {state['global_step']} (epoch {epoch + 1}), found while "
+                f"testing: {e}; last good checkpoint: {last_saved or ckpt.latest_good(run_dir, warn=log) or 'none'}"
+            ) from e
         row = {"epoch": epoch + 1, "step": state["global_step"], "lr": lr,
                "train_loss": loss_sum / max(seen, 1), "train_err": 100.0 * wrong / max(seen, 1), **metrics,
                "wall_s": round(time.perf_counter() - t_start, 2)}

@@ -11,7 +11,16 @@ from . import transforms as _t
 from ._checks import BadValues, check_size
 from .warp import warp
 
-__all__ = ["SpatialTransformer", "BoundedParams", "fc_localisation", "conv_localisation"]
+__all__ = ["SpatialTransformer", "LocalisationDiverged", "BoundedParams", "fc_localisation", "conv_localisation"]
+
+
+class LocalisationDiverged(ValueError):
+    """A SpatialTransformer's localisation net predicted NaN, Inf or absurdly large parameters;
+    `items`: the batch items concerned."""
+
+    def __init__(self, message: str, items: list[int]):
+        super().__init__(message)
+        self.items = items
 
 
 class BoundedParams(nn.Module):
@@ -165,15 +174,12 @@ class SpatialTransformer(nn.Module):
         except BadValues as e:  # NaN, Inf or huge params: the localisation net diverged
             if e.name != "params":
                 raise
-            bad = e.items
-        # Those items sample nothing: they are `fill`, with zero gradient, and the others are
-        # unchanged, so a training loop sees a finite loss and catches the NaN weights itself.
-        keep = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
-        keep[bad] = False
-        start = self.transform.identity_params(dtype=theta.dtype, device=theta.device)
-        out = warp(x, torch.where(keep[:, None], theta, start), self.transform, self.output_size, **kw)
-        fill = torch.as_tensor(0.0 if self.fill is None else self.fill, dtype=out.dtype, device=out.device)
-        return torch.where(keep.view(-1, *[1] * (out.dim() - 1)), out, fill.reshape(1, -1, *[1] * (out.dim() - 2)))
+            example = [round(v, 4) for v in theta[e.items[0]].detach().flatten()[:9].tolist()]
+            raise LocalisationDiverged(
+                f"the localisation net of this SpatialTransformer predicted unusable {self.transform.name} "
+                f"parameters for batch items {e.items[:8]} (item {e.items[0]}: {example}): it has diverged, "
+                "or its input holds NaN. Lower the learning rate (or the localisation net's), clip "
+                "gradients, or bound the parameters with bounds=", e.items) from e
 
     def extra_repr(self) -> str:
         return f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}"

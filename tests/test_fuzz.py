@@ -264,8 +264,10 @@ def test_warp_extreme_finite_params_give_finite_outputs(data):
     except ValueError as e:
         msg = _clear(e)
         # the only refusals: a fill that x's dtype cannot hold, a user TPS too ill-conditioned
-        # for 1e30, or a (B, 3, 3) homography with h33 (nearly) 0
-        assert not fill_ok or isinstance(family, T.TPS) or "h33" in msg, msg
+        # for 1e30, a (B, 3, 3) homography with h33 (nearly) 0, or a homography beyond its
+        # tighter limit (3e6 gain: about 1e25 in float32)
+        assert not fill_ok or isinstance(family, T.TPS) or "h33" in msg or (
+            family == "projective" and "magnitude" in msg), msg
         return
     assert fill_ok, f"fill {fill} accepted for {x.dtype}"
     assert out.shape == (x.shape[0], x.shape[1], *out_size) and out.dtype == x.dtype
@@ -472,7 +474,7 @@ def test_invert_extreme_params(data):
     if kind == "nonfinite" and B:
         _must_raise(lambda: stnkit.invert(p, family), "params", "finite")
         return
-    inv = _outcome(lambda: stnkit.invert(p, family), "invert|inverse|h33|finite")  # 1e6 is inf in float16
+    inv = _outcome(lambda: stnkit.invert(p, family), "invert|inverse|h33|finite|magnitude")  # 1e6 is inf in float16
     if inv is not None:
         assert inv.shape == fam.canonical(p).shape and inv.dtype == p.dtype
 
@@ -524,7 +526,7 @@ def test_spatial_transformer(data):
         out = st_mod(x)
     except stnkit.LocalisationDiverged as e:  # NaN, Inf or far too large predictions: named, not hidden
         theta = st_mod.last_params
-        far = (~torch.isfinite(theta)).any(1) | (theta.abs() > 1e30).any(1)
+        far = (~torch.isfinite(theta)).any(1) | (theta.abs() > 1e24).any(1)  # projective: ~1e25
         assert e.items and far[e.items].all() and "diverged" in str(e), (e, theta)
         return
     except ValueError as e:  # e.g. an output size of 0

@@ -206,6 +206,12 @@ class Projective(Transform):
     def identity_params(self, dtype=None, device=None):
         return torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0], dtype=dtype, device=device)
 
+    def coordinate_gain(self, params):
+        # |h11 x + h12 y + h13| <= 3 max|h| over [-1, 1]^2, and ahead of the horizon the
+        # denominator exceeds PROJECTIVE_EPS: |coordinate| < 3 max|h| / EPS. Bounding params by
+        # this keeps every grid finite in the sampler without a pass over the grid.
+        return 3.0 / M.PROJECTIVE_EPS
+
     def _matrix_hint(self):
         return " or a matrix (B, 3, 3)"
 

@@ -98,8 +98,6 @@ def warp(
 
     dtype = torch.promote_types(torch.promote_types(x.dtype, p.dtype), torch.float32)
     g = family.grid(p.to(dtype), size, bool(align_corners))
-    if isinstance(family, _t.Projective):  # 1 / (h31 x + h32 y + 1) can be up to 1e6
-        g = g.clamp(-_far(dtype), _far(dtype))
     src = x.to(dtype)
     f = _fill(fill, x.shape[1], family.dim, dtype, x.device, x.dtype)
     if f is not None:

@@ -469,7 +469,7 @@ def print_table(results, title):
     for r in results:
         med = r["med"]
         st = med.get("stnkit")
-        cells, ok_all, notes = [], True, []
+        ok_all, notes = True, []
         ratios = {}
         for peer in ("torch", "kornia"):
             if peer in med and st:
@@ -537,7 +537,7 @@ def main(argv=None):
     min_sample_s = 0.01 if args.quick else 0.03
     max_impl_s = 3.0 if args.quick else 25.0
 
-    print(f"# stnkit warp benchmark\n")
+    print("# stnkit warp benchmark\n")
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, "
           f"kornia {getattr(sys.modules.get('kornia'), '__version__', 'n/a')}, "
           f"stnkit {'importable' if stnkit else 'NOT importable: ' + str(_STNKIT_ERR)}; "

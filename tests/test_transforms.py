@@ -1,7 +1,6 @@
 """`stnkit.grid`, `warp_points`, `invert` and the transform registry against the closed-form
 reference maps of tests/reference.py (docs/api.md's parameter layouts)."""
 
-import math
 
 import pytest
 import torch

@@ -24,7 +24,7 @@ def demo(out: str = "runs/demo", epochs: int | None = None, log=print) -> Path:
     fig = write_png(out_dir / "transformer.png", transformer_figure(st_model, test.sample(12, seed=1).x, ncol=4))
     table = ["| model | params | test error % | train time s |", "|---|---|---|---|"]
     table += [f"| {r['model']} | {r['params']:,} | {r['test_err']:.2f} | {r['wall_s']:.0f} |" for r in rows]
-    report = (f"# stnkit demo: RTS-distorted MNIST (bundled 4,000 train / 1,000 test digits)\n\n"
+    report = ("# stnkit demo: RTS-distorted MNIST (bundled 4,000 train / 1,000 test digits)\n\n"
               + "\n".join(table) + f"\n\n![what the transformer sampled, and its output]({fig.name})\n")
     (out_dir / "report.md").write_text(report)
     log("\n" + "\n".join(table))

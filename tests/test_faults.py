@@ -196,24 +196,30 @@ def test_nan_or_inf_loss_names_step_batch_and_checkpoint(tmp_path, monkeypatch, 
         assert all(torch.isfinite(v).all() for v in load_file(str(folder / ckpt.MODEL)).values())
 
 
-def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
+def nan_after_step(monkeypatch, n, weight):
+    """Make weight(model) NaN right after the n-th optimizer step of the next run."""
     make = engine.make_optimizer
 
-    def poisoning_optimizer(cfg, model):  # weights become NaN on the epoch's last step, loss still finite
+    def make_optimizer(cfg, model):
         opt, calls = make(cfg, model), {"n": 0}
         step = opt.step
 
         def poisoned_step(*a, **k):
             out = step(*a, **k)
             calls["n"] += 1
-            if calls["n"] == 6:
+            if calls["n"] == n:
                 with torch.no_grad():
-                    next(model.parameters()).fill_(float("nan"))
+                    weight(model).fill_(float("nan"))
             return out
         opt.step = poisoned_step
         return opt
 
-    monkeypatch.setattr(engine, "make_optimizer", poisoning_optimizer)
+    monkeypatch.setattr(engine, "make_optimizer", make_optimizer)
+
+
+def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
+    # on the epoch's last step, so the loss is still finite: the checkpoint's own check catches it
+    nan_after_step(monkeypatch, 6, lambda model: next(model.parameters()))
     with pytest.raises(engine.TrainingDiverged, match=r"became NaN/Inf by global step 6 .*last good checkpoint: "):
         main_raising(["train", *ARGS, f"out={tmp_path}", "name=b"])
     good = [state_of(f)["global_step"] for f in ckpt.candidates(tmp_path / "b")]
@@ -238,23 +244,7 @@ def test_invalid_settings_are_rejected_before_any_work(tmp_path, capsys, overrid
 
 
 def test_a_diverged_localisation_net_stops_the_run_at_that_step(tmp_path, monkeypatch):
-    make = engine.make_optimizer
-
-    def breaking_optimizer(cfg, model):  # the localisation net's weights go NaN after step 3
-        opt, calls = make(cfg, model), {"n": 0}
-        step = opt.step
-
-        def broken_step(*a, **k):
-            out = step(*a, **k)
-            calls["n"] += 1
-            if calls["n"] == 3:
-                with torch.no_grad():
-                    model.transformers[0].regression.weight.fill_(float("nan"))
-            return out
-        opt.step = broken_step
-        return opt
-
-    monkeypatch.setattr(engine, "make_optimizer", breaking_optimizer)
+    nan_after_step(monkeypatch, 3, lambda model: model.transformers[0].regression.weight)
     with pytest.raises(engine.TrainingDiverged) as e:
         main_raising(["train", *ARGS, f"out={tmp_path}", "name=b"])
     msg = str(e.value)

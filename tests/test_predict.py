@@ -65,6 +65,18 @@ def test_images_are_read_grey_resized_and_scaled_like_the_training_data(tmp_path
     assert rgb.shape == (3, 14, 14) and rgb[0].min() > 0.95 and rgb[1:].max() < 0.05
     with pytest.raises(ValueError, match=r"1 \(grey\) or 3 \(RGB\) channels"):
         load_image(tmp_path / "red.png", (2, 42, 42))
+    inverted = load_image(tmp_path / "red.png", (1, 28, 28), invert=True)  # dark ink on paper
+    assert torch.allclose(inverted, 1 - x)
+
+
+def test_invert_classifies_a_paper_scan_like_the_dataset_image(run, tmp_path, capsys):
+    img = digits(1)[0]
+    save(tmp_path / "light.png", img)
+    save(tmp_path / "paper.png", 255 - img)  # the same digit, dark on light
+    assert main(["predict", str(run), str(tmp_path / "light.png"), "--top", "1"]) == 0
+    light = capsys.readouterr().out.split(": ", 1)[1].splitlines()[0]  # "5 (0.109)"
+    assert main(["predict", str(run), str(tmp_path / "paper.png"), "--top", "1", "--invert"]) == 0
+    assert capsys.readouterr().out.split(": ", 1)[1].splitlines()[0] == light
 
 
 def test_several_transformers_write_one_png_each_in_out(tmp_path):

@@ -127,7 +127,7 @@ def _predict(args) -> int:
     from .predict import predict_files
 
     _, model, _ = load_run(args.run)
-    for r in predict_files(model, args.images, args.out, top=args.top):
+    for r in predict_files(model, args.images, args.out, top=args.top, invert=args.invert):
         best = ", ".join(f"{c} ({p:.3f})" for c, p in r["top"])
         print(f"{r['file']}: {best}" + "".join(f"\n  transformer output: {w}" for w in r["warped"]))
     return 0
@@ -185,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="PNG or JPEG files (resized to the model's input, grey or RGB)")
     pr.add_argument("--out", help="folder for the transformer outputs (default: beside each image)")
     pr.add_argument("--top", type=int, default=3, help="classes to list per image (default 3)")
+    pr.add_argument("--invert", action="store_true",
+                    help="dark ink on light paper: invert the images (the digit datasets are light on dark)")
     pr.set_defaults(func=_predict)
     r = sub.add_parser("reproduce", help="every row of a paper table, beside the published numbers")
     r.add_argument("table", choices=["table1", "tc", "addition", "svhn", "cub", "3d", "coloc"])

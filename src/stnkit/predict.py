@@ -13,9 +13,10 @@ from .plots import to_rgb, write_png
 __all__ = ["load_image", "predict", "predict_files"]
 
 
-def load_image(path: str | Path, shape: Sequence[int]) -> torch.Tensor:
+def load_image(path: str | Path, shape: Sequence[int], invert: bool = False) -> torch.Tensor:
     """An image file (PNG, JPEG, anything Pillow reads) as the model's input: grey (C = 1) or
-    RGB (C = 3), resized to shape (C, H, W), scaled to [0, 1] like the training data -> (C, H, W)."""
+    RGB (C = 3), resized to shape (C, H, W), scaled to [0, 1] like the training data -> (C, H, W).
+    invert: 1 - value, for dark ink on light paper (the digit datasets are light on dark)."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -33,7 +34,8 @@ def load_image(path: str | Path, shape: Sequence[int]) -> torch.Tensor:
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read {path} as an image: {e}") from None
     x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(H, W, C)
-    return x.permute(2, 0, 1).float().div_(255)
+    x = x.permute(2, 0, 1).float().div_(255)
+    return 1 - x if invert else x
 
 
 def predict(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -49,14 +51,14 @@ def _name(prefix: str, k: int, n: int) -> str:
 
 
 def predict_files(model: nn.Module, files: Sequence[str | Path], out: str | Path | None = None,
-                  top: int = 3) -> list[dict]:
+                  top: int = 3, invert: bool = False) -> list[dict]:
     """Classify image files and write each transformer's output as PNG beside each input (or in
     out): IMAGE.st.png, or IMAGE.st1.png, IMAGE.st2.png... for several transformers.
     -> one {"file", "top": [(class, probability)...], "warped": [paths]} per file (sequence
     models: "top" holds the best class of each position)."""
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
-    x = torch.stack([load_image(f, model.in_shape) for f in files])  # (N, C, H, W); every file checked first
+    x = torch.stack([load_image(f, model.in_shape, invert) for f in files])  # (N, C, H, W); every file checked first
     probs, warped = predict(model, x)
     results = []
     for i, f in enumerate(files):

@@ -135,3 +135,11 @@ def test_ranks_split_each_global_batch_and_draw_their_own_distortions():
     assert torch.equal(again.x, r1[0].x)  # seeded by (seed, rank, epoch)
     other_epoch = next(ds.batches(64, epoch=3, drop_last=True, rank=1, world=2))
     assert not torch.equal(other_epoch.x, r1[0].x)
+
+
+def test_a_ddp_run_resumes_in_one_process_and_says_so(tmp_path, capsys):
+    torchrun(tmp_path, "epochs=1", "name=c", "steps_per_epoch=3")
+    assert main(["train", *ARGS, f"out={tmp_path}", "name=c", "epochs=2", "steps_per_epoch=3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "written by 2 process(es), this run has 1" in out
+    assert [r["step"] for r in rows(tmp_path / "c")] == [3, 6]

@@ -198,6 +198,10 @@ def _train(cfg: RunConfig, resume: bool, log, world: dist.World) -> Path:
         else:
             state = ckpt.load(found, model, opt, rank=world.rank)
             log(f"resuming {run_dir} from {found.name} (epoch {state['epoch']}, step {state['step_in_epoch']})")
+            if state.get("world_size", 1) != world.size:
+                log(f"note: {found.name} was written by {state.get('world_size', 1)} process(es), this run has "
+                    f"{world.size}: the same global batch goes on, with other distortion streams, so the result "
+                    "is not bit-identical to an unbroken run")
     net = model
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel

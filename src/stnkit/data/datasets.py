@@ -6,12 +6,12 @@ fresh distortions every epoch (`fixed=True` keeps epoch 0's for every epoch).
 """
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from .batching import _seed, rank_slices
 from .distort import DISTORTIONS
 from .files import DESCRIPTIONS as FILE_DESCRIPTIONS
 from .files import FILES, make_file_dataset
@@ -73,10 +73,6 @@ class Batch:
     box: torch.Tensor | None = None  # (B, 4) pixel box (x0, y0, x1, y1), co-localisation only
 
 
-def _seed(*parts) -> int:
-    return zlib.crc32(repr(parts).encode())
-
-
 class GeneratedDataset:
     """A paper dataset over a split of real digits.
 
@@ -118,21 +114,13 @@ class GeneratedDataset:
         walks the same epoch order and renders its own slice of each global batch, drawing the
         distortions from a seed of (seed, rank, epoch); one process renders exactly as before.
         """
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if world > 1 and batch_size % world:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes ({world})")
         g = self.generator(epoch)
         shuffle = self.split == "train" if shuffle is None else shuffle
         order = self.index[torch.randperm(len(self.index), generator=g)] if shuffle else self.index
         if world > 1:
             g = self.generator(epoch, rank)
-        local = batch_size // world
-        stop = len(order) - (len(order) % batch_size if drop_last else 0)
-        for i in range(0, stop, batch_size):
-            mine = order[i:i + batch_size][rank * local:(rank + 1) * local]
-            if len(mine):
-                yield self.render(mine, g)
+        for mine in rank_slices(order, batch_size, drop_last, rank, world):
+            yield self.render(mine, g)
 
     def render(self, idx: torch.Tensor, g: torch.Generator) -> Batch:
         """The batch for digit indices idx (B,), drawing its distortions from g."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .batching import _seed, rank_slices
 from .sources import data_dir
 
 FILES = {  # name -> (folder under the data dir, loader, crop/input size, classes)
@@ -42,25 +43,13 @@ class FileDataset:
 
     def batches(self, batch_size: int, epoch: int = 0, shuffle: bool | None = None, drop_last: bool = False,
                 rank: int = 0, world: int = 1) -> Iterator:
-        from .datasets import _seed
-
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if world > 1 and batch_size % world:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes ({world})")
         shuffle = self.split == "train" if shuffle is None else shuffle
         g = torch.Generator().manual_seed(_seed(self.seed, self.name, self.split, epoch))
         order = torch.randperm(self.n, generator=g) if shuffle else torch.arange(self.n)
-        local = batch_size // world
-        stop = self.n - (self.n % batch_size if drop_last else 0)
-        for i in range(0, stop, batch_size):
-            mine = order[i:i + batch_size][rank * local:(rank + 1) * local]
-            if len(mine):
-                yield self.get(mine)
+        for mine in rank_slices(order, batch_size, drop_last, rank, world):
+            yield self.get(mine)
 
     def sample(self, n: int, seed: int = 0):
-        from .datasets import _seed
-
         g = torch.Generator().manual_seed(_seed(self.seed, self.name, "sample", seed))
         return self.get(torch.randint(0, self.n, (n,), generator=g))
 

@@ -1,11 +1,15 @@
 """Co-localisation pieces: crop boxes, IoU, the triplet hinge loss, and one training epoch."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from stnkit.coloc import coloc_transformer, crop_boxes, iou, random_patches, triplet_loss
 from stnkit.cli import main
+from stnkit.coloc import coloc_transformer, crop_boxes, encoder, iou, random_patches, spread_at, triplet_loss
+from stnkit.config import RunConfig
+from stnkit.data import make_dataset
+from stnkit.warp import warp
 
 
 def test_crop_boxes_of_attention_params():
@@ -42,3 +46,60 @@ def test_cli_trains_one_epoch_and_writes_its_score(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["digit_class"] == 7 and 0 <= summary["iou_over_half"] <= 100 and summary["test_n"] == 100
     assert (run / "transformers.png").is_file()
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]) >= {"spread", "loss", "iou_over_half", "centre_err_px", "crop_px"}
+    assert main(["show", str(run), "--out", str(tmp_path / "show.png"), "-n", "4"]) == 0  # `stnkit show` a coloc run
+    assert (tmp_path / "show.png").stat().st_size > 0
+
+
+def test_spread_narrows_training_placement_around_the_centre():
+    full = make_dataset("coloc", "train", digit_class=3)
+    b = next(full.batches(64))
+    assert int(b.box[:, 0].min()) < 10 and int(b.box[:, 0].max()) > 46  # the whole canvas
+    full.task = replace(full.task, spread=0.0)
+    b = next(full.batches(64))
+    assert (b.box == torch.tensor([28, 28, 56, 56])).all()  # exactly centred
+    full.task = replace(full.task, spread=0.5)
+    b = next(full.batches(64))
+    assert int(b.box[:, :2].min()) >= 14 and int(b.box[:, :2].max()) <= 42
+    assert len(torch.unique(b.box[:, 0])) > 5
+    full.task = replace(full.task, spread=1.5)
+    with pytest.raises(ValueError, match="spread"):
+        next(full.batches(4))
+
+
+def test_curriculum_schedule():
+    assert [spread_at(e, 4) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert spread_at(0, 0) == 1.0  # no curriculum: the whole canvas from the start
+
+
+@pytest.fixture(scope="module")
+def embed():
+    return encoder(RunConfig(experiment="coloc"), log=lambda *_: None)
+
+
+def test_embedding_makes_crops_on_the_digits_the_best_solution(embed):
+    """The objective must favour the right answer: crops on the digits score a lower triplet loss
+    than one fixed empty corner, or a crop the size of the canvas (the failure modes seen)."""
+    b = make_dataset("coloc", "test", digit_class=3).sample(64, seed=2)
+    probs = embed(b.x[:, :, :28, :28])
+    torch.testing.assert_close(probs.sum(1), torch.ones(64))
+    rand = embed(random_patches(b.x, torch.Generator().manual_seed(0)))
+    centre = ((b.box[:, :2] + b.box[:, 2:]) / 2).float() / 84 * 2 - 1
+
+    def loss(s, t):
+        return float(triplet_loss(embed(warp(b.x, torch.cat([torch.full((64, 1), s), t], 1), "attention", (28, 28))), rand))
+
+    on_digits = loss(1 / 3, centre)
+    assert on_digits < 0.7
+    assert on_digits < loss(1 / 3, torch.full((64, 2), -2 / 3)) - 0.2  # a fixed corner
+    assert on_digits < loss(1.0, torch.zeros(64, 2)) - 0.2  # the whole canvas
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["coloc", "coloc-clutter"])
+def test_transformer_learns_to_find_the_digits(tmp_path, experiment):
+    """The shipped schedule (configs/coloc*.yaml), class 3: most test crops must find their digit."""
+    assert main(["train", experiment, f"out={tmp_path}", "threads=2"]) == 0
+    summary = json.loads((tmp_path / f"{experiment}-class3-seed0" / "summary.json").read_text())
+    assert summary["iou_over_half"] >= 90.0

@@ -59,6 +59,29 @@ def test_every_paper_table_is_scheduled():
     coloc = reproduce.jobs("coloc", "paper", seeds=1, out="/tmp/x")
     assert len(coloc) == 2 * 10 and {cfg.experiment for _, _, cfg in coloc} == {"coloc", "coloc-clutter"}
     assert sorted({cfg.digit_class for _, _, cfg in coloc}) == list(range(10))
+    assert all(cfg.optimizer == "adam" and cfg.curriculum_epochs > 0 for _, _, cfg in coloc)  # its own schedule
+
+
+def test_rows_picks_a_subset_and_names_unknown_patterns(tmp_path, monkeypatch):
+    picked = reproduce.jobs("addition", "quick", out="/tmp/x", rows=["fcn", "*st-fcn-tps"])
+    assert [m for _, m, _ in picked] == ["fcn", "st-fcn-tps", "2xst-fcn-tps"]
+    with pytest.raises(ValueError, match="match no row of addition.*'cnn'"):
+        reproduce.jobs("addition", "quick", out="/tmp/x", rows=["st-cnn-*"])
+
+    def fake_train(cfg, resume=False, log=print):
+        run = tmp_path / cfg.name
+        run.mkdir(parents=True)
+        save(cfg, run / "config.yaml")
+        (run / "summary.json").write_text(json.dumps({"test_err": 50.0, "wall_s": 60.0}))
+
+    monkeypatch.setattr("stnkit.engine.train", fake_train)
+    text = reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"], log=lambda *_: None).read_text()
+    assert "| fcn | 50.0 | 47.7 |" in text and "| cnn | - | 14.7 |" in text and "--rows 'fcn'" in text
+    # a run saved before a config key existed holds that key's default: still reused
+    conf = tmp_path / "addition-quick/addition/fcn-seed0/config.yaml"
+    conf.write_text("\n".join(ln for ln in conf.read_text().splitlines() if not ln.startswith("curriculum_epochs")))
+    monkeypatch.setattr("stnkit.engine.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"], log=lambda *_: None)
 
 
 def test_coloc_table_scores_iou_and_reuses_finished_runs(tmp_path, monkeypatch):

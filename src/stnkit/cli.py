@@ -100,11 +100,18 @@ def _eval(args) -> int:
 
 
 def _show(args) -> int:
+    from .config import load_file
     from .engine import load_run
     from .figures import transformer_figure
     from .plots import write_png
 
-    cfg, model, test = load_run(args.run)
+    conf = Path(args.run) / "config.yaml"
+    if conf.is_file() and str(load_file(conf).get("experiment", "")).startswith("coloc"):
+        from .coloc import load_coloc_run
+
+        cfg, model, test = load_coloc_run(args.run)
+    else:
+        cfg, model, test = load_run(args.run)
     out = Path(args.out or Path(args.run) / "transformers.png")
     write_png(out, transformer_figure(model, test.sample(args.n, seed=args.seed).x))
     print(f"wrote {out}: {args.n} test inputs with the region each transformer sampled, then its output")
@@ -144,7 +151,9 @@ def _reproduce(args) -> int:
     from .config import parse_override
     from .reproduce import run
 
-    run(args.table, args.budget, args.seeds, args.out, dict(parse_override(o) for o in args.overrides), real=args.real)
+    rows = [r for r in args.rows.split(",") if r] if args.rows else None
+    run(args.table, args.budget, args.seeds, args.out, dict(parse_override(o) for o in args.overrides), real=args.real,
+        rows=rows)
     return 0
 
 
@@ -195,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs/reproduce")
     r.add_argument("--real", action="store_true",
                    help="svhn: train on your SVHN files (DATA/svhn) instead of the MNIST-sequence stand-in")
+    r.add_argument("--rows", help="only these rows: comma-separated model names or patterns (e.g. 'fcn,*st-fcn-*'); "
+                                  "the others show '-' in the table")
     r.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     r.set_defaults(func=_reproduce)
     data = sub.add_parser("data", help="datasets: list, look at, download").add_subparsers(dest="data_command", required=True)

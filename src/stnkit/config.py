@@ -38,6 +38,7 @@ class RunConfig:
     budget: int | None = None  # parameter count to size the model to
     match_budget: str | None = None  # or: size the model to this other model's count (e.g. "cnn")
     digit_class: int | None = None  # co-localisation: the one class of the image set (default 3)
+    curriculum_epochs: int = 0  # co-localisation: epochs over which digit placement widens from the centre to the whole canvas
     fixed_train: bool = False  # reuse epoch 0's training distortions every epoch
     steps_per_epoch: int | None = None  # cap (quick runs and tests)
     eval_batch_size: int = 500
@@ -100,8 +101,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg, key)
         if v is not None and (not isinstance(v, int) or v <= 0):
             bad(key, "null or a positive integer")
-    if not isinstance(cfg.checkpoint_every, int) or cfg.checkpoint_every < 0:
-        bad("checkpoint_every", "an integer >= 0")
+    for key in ("checkpoint_every", "curriculum_epochs"):
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            bad(key, "an integer >= 0")
     if not isinstance(cfg.keep_checkpoints, int) or cfg.keep_checkpoints < 1:
         bad("keep_checkpoints", "an integer >= 1")
     if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):

@@ -326,7 +326,9 @@ def finished(cfg: RunConfig) -> bool:
     if not (run_dir / "summary.json").is_file():
         return False
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if saved.get(k) != v and k not in ("progress", "threads")}
+    default = RunConfig().to_dict()  # a key added after the run was saved holds its default there
+    changed = {k: (saved.get(k, default[k]), v) for k, v in cfg.to_dict().items()
+               if saved.get(k, default[k]) != v and k not in ("progress", "threads")}
     if changed:
         diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ValueError(f"{run_dir} holds a finished run with other settings ({diff}); use another output folder")

@@ -2,6 +2,7 @@
 numbers beside the published ones as markdown."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import statistics
 from pathlib import Path
@@ -34,7 +35,7 @@ TABLES = {  # table -> [(config file, column, {row model: published number or No
     "svhn": [(f"seq{s}", f"{s}px", {m: v[i] for m, v in SVHN.items()}) for i, s in enumerate((64, 128))],
     "cub": [(f"cub{s}", f"{s}px", rows) for s, rows in CUB.items()],
     "3d": [("3d", "3d", {"3d-cnn": None, "3d-st-cnn-affine": None})],  # the paper shows figures only
-    "coloc": [("coloc", "coloc", {COLOC: 100.0}), ("coloc", "coloc-clutter", {COLOC: "75-93"})],
+    "coloc": [("coloc", "coloc", {COLOC: 100.0}), ("coloc-clutter", "coloc-clutter", {COLOC: "75-93"})],
 }
 METRIC = {"coloc": "% of test images whose crop has IoU > 0.5 with the digit's box (higher is better)",
           "svhn": "% sequence error", "cub": "% test error (the paper's accuracy as 100 - accuracy)"}
@@ -50,22 +51,32 @@ BUDGETS = {  # budget -> (seeds, overrides)
 
 
 def jobs(table: str, budget: str, seeds: int | None = None, out: str = "runs/reproduce", overrides=None,
-         real: bool = False):
-    """The RunConfigs of every (column, row, seed) of a table. real: SVHN from the user's files
+         real: bool = False, rows: list[str] | None = None):
+    """The RunConfigs of every (column, row, seed) of a table; rows: only the row models matching
+    one of these names or fnmatch patterns (None: all). real: SVHN from the user's files
     instead of the MNIST-sequence stand-in (CUB always needs the user's files)."""
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; reproducible here: {list(TABLES)}")
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {list(BUDGETS)}, got {budget!r}")
     n_seeds, extra = BUDGETS[budget]
+    if table == "coloc":  # its schedule is its own (configs/coloc.yaml); paper = every class, more seeds
+        extra = {}
+    if rows is not None:
+        known = [m for _, _, ms in TABLES[table] for m in ms]
+        unmatched = [r for r in rows if not fnmatch.filter(known, r)]
+        if unmatched:
+            raise ValueError(f"--rows {unmatched} match no row of {table}; its rows: {list(dict.fromkeys(known))}")
     out_jobs = []
-    for config_name, column, rows in TABLES[table]:
+    for config_name, column, models in TABLES[table]:
         base = load_file(CONFIGS / f"{config_name}.yaml")
         if real and config_name in REAL.get(table, {}):
             base["experiment"] = REAL[table][config_name]
         if table == "coloc":
             base["experiment"] = column
-        for model in rows:
+        for model in models:
+            if rows is not None and not any(fnmatch.fnmatch(model, r) for r in rows):
+                continue
             for seed in range(seeds or n_seeds):
                 for cls in COLOC_CLASSES[budget] if table == "coloc" else (None,):
                     what = {"model": base["model"], "digit_class": cls} if cls is not None else {"model": model}
@@ -104,12 +115,12 @@ def _paper(v) -> str:
 
 
 def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = "runs/reproduce",
-        overrides=None, log=print, real: bool = False) -> Path:
+        overrides=None, log=print, real: bool = False, rows: list[str] | None = None) -> Path:
     from . import engine
 
     results: dict = {}
     wall = 0.0
-    todo = jobs(table, budget, seeds, out, overrides, real)
+    todo = jobs(table, budget, seeds, out, overrides, real, rows)
     for k, (column, model, cfg) in enumerate(todo, 1):
         log(f"[{k}/{len(todo)}] {column}: {model} seed {cfg.seed}"
             + (f" digit class {cfg.digit_class}" if table == "coloc" else ""))
@@ -124,7 +135,8 @@ def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = 
         done = json.loads(summary.read_text())
         results.setdefault((column, model), []).append(done["iou_over_half" if table == "coloc" else "test_err"])
         wall += done["wall_s"]
-    command = f"stnkit reproduce {table} --budget {budget}" + (" --real" if real else "")
+    command = (f"stnkit reproduce {table} --budget {budget}" + (" --real" if real else "")
+               + (f" --rows '{','.join(rows)}'" if rows else ""))
     md = markdown(table, results, wall, command)
     path = Path(out) / f"{table}-{budget}.md"
     path.parent.mkdir(parents=True, exist_ok=True)

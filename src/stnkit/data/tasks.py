@@ -7,7 +7,8 @@ Choices where the paper is unconfirmed:
 - coloc: the 28x28 digit at a uniform integer position in an 84x84 canvas; with clutter,
   16 random 6x6 crops of other digits. The box is the digit's 28x28 frame where it was placed
   (which holds all its ink), (x0, y0, x1, y1) in pixels, x1/y1 exclusive: the ground truth of
-  the paper's IoU > 0.5 measure.
+  the paper's IoU > 0.5 measure. `spread` < 1 narrows the placement to that share of the
+  range around the centre: a training curriculum (stnkit.coloc), never used for testing.
 - 3d: the digit extruded to 8 voxels thick in a 28^3 volume, then rotated about x and y by
   uniform [-30, 30] deg and about z by [-45, 45] deg, scaled by [0.8, 1.1], and centred
   uniformly where it stays inside the 60^3 output volume.
@@ -54,14 +55,23 @@ class CoLocalisation:
     canvas: int = 84
     clutter: int = 0  # 16 for the cluttered variant
     patch_size: int = 6
+    spread: float = 1.0  # share of the placement range used, around the centre (a training curriculum)
 
     @property
     def out_size(self):
         return (self.canvas, self.canvas)
 
     def make_params(self, g, n, pool_size):
+        if not 0.0 <= self.spread <= 1.0:
+            raise ValueError(f"spread must lie in [0, 1] (the share of the placement range), got {self.spread}")
         tc = TranslateClutter(self.canvas, self.clutter, self.patch_size)
-        return tc.make_params(g, n, pool_size)
+        params = tc.make_params(g, n, pool_size)
+        if self.spread < 1.0:  # the digit's top-left corner within spread * half the range of the centre
+            mid, half = (self.canvas - DIGIT) / 2, self.spread * (self.canvas - DIGIT) / 2
+            lo, hi = round(mid - half), round(mid + half)
+            params["top"] = torch.randint(lo, hi + 1, (n,), generator=g)
+            params["left"] = torch.randint(lo, hi + 1, (n,), generator=g)
+        return params
 
     def apply(self, images, labels, params, pool, pool_labels):
         """-> x (N, 1, 84, 84), y (N,) the digit class, box (N, 4) the digit's 28x28 frame in pixels."""

@@ -135,7 +135,8 @@ def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = 
         done = json.loads(summary.read_text())
         results.setdefault((column, model), []).append(done["iou_over_half" if table == "coloc" else "test_err"])
         wall += done["wall_s"]
-    command = (f"stnkit reproduce {table} --budget {budget}" + (" --real" if real else "")
+    command = (f"stnkit reproduce {table} --budget {budget}" + (f" --seeds {seeds}" if seeds else "")
+               + (" --real" if real else "")
                + (f" --rows '{','.join(rows)}'" if rows else ""))
     md = markdown(table, results, wall, command)
     path = Path(out) / f"{table}-{budget}.md"

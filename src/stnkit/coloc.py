@@ -10,7 +10,9 @@ Choices where the paper is unconfirmed, and why (measurements in docs/results.md
   Probabilities are bounded (squared distances at most 2), which gives the margin of 1 its
   meaning, and crops of one class's digits agree on them. On the CNN's penultimate features
   instead, crops of one fixed empty corner score a lower loss than crops exactly on the digits,
-  so no optimiser can find the digits.
+  so no optimiser can find the digits. The softmax runs at temperature 3: at 1 the classifier's
+  confident probabilities saturate, the gradient that should move a crop onto its digit
+  vanishes, and for some classes (the 7s) the transformer never learned to move.
 - The ST starts as a digit-sized (28 px) crop of the canvas centre, its scale bounded to 0.6-1.8
   times that and its centre kept where a digit-sized crop stays inside the canvas.
 - A placement curriculum (`curriculum_epochs`): training digits start at the canvas centre and
@@ -48,6 +50,7 @@ def coloc_transformer(canvas: int = 84) -> SpatialTransformer:
 
 
 ENCODER_EPOCHS = 2
+TEMPERATURE = 3.0  # softmax(logits / 3): see Temperature
 
 
 def encoder(cfg: RunConfig, log=print) -> nn.Module:
@@ -68,8 +71,23 @@ def encoder(cfg: RunConfig, log=print) -> nn.Module:
             opt.step()
     for p in net.parameters():
         p.requires_grad_(False)
-    log(f"encoder: digit CNN trained {ENCODER_EPOCHS} epochs on {len(y_all)} digits, frozen; embedding = class probabilities")
-    return nn.Sequential(net, nn.Softmax(dim=1)).eval()
+    log(f"encoder: digit CNN trained {ENCODER_EPOCHS} epochs on {len(y_all)} digits, frozen; "
+        f"embedding = class probabilities at temperature {TEMPERATURE:g}")
+    return nn.Sequential(net, Temperature(TEMPERATURE), nn.Softmax(dim=1)).eval()
+
+
+class Temperature(nn.Module):
+    """logits / t: a softened softmax keeps gradients where a confident classifier's saturate."""
+
+    def __init__(self, t: float):
+        super().__init__()
+        self.t = t
+
+    def forward(self, logits):
+        return logits / self.t
+
+    def extra_repr(self) -> str:
+        return f"t={self.t:g}"
 
 
 def crop_boxes(params: torch.Tensor, canvas: int) -> torch.Tensor:

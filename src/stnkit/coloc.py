@@ -10,7 +10,7 @@ Choices where the paper is unconfirmed, and why (measurements in docs/results.md
   Probabilities are bounded (squared distances at most 2), which gives the margin of 1 its
   meaning, and crops of one class's digits agree on them. On the CNN's penultimate features
   instead, crops of one fixed empty corner score a lower loss than crops exactly on the digits,
-  so no optimiser can find the digits. The softmax runs at temperature 3: at 1 the classifier's
+  so no optimiser can find the digits. The softmax runs at temperature 2: at 1 the classifier's
   confident probabilities saturate, the gradient that should move a crop onto its digit
   vanishes, and for some classes (the 7s) the transformer never learned to move.
 - The ST starts as a digit-sized (28 px) crop of the canvas centre, its scale bounded to 0.6-1.8
@@ -50,7 +50,7 @@ def coloc_transformer(canvas: int = 84) -> SpatialTransformer:
 
 
 ENCODER_EPOCHS = 2
-TEMPERATURE = 3.0  # softmax(logits / 3): see Temperature
+TEMPERATURE = 2.0  # softmax(logits / 2): see Temperature
 
 
 def encoder(cfg: RunConfig, log=print) -> nn.Module:

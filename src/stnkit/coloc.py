@@ -141,11 +141,6 @@ def crop_stats(st: SpatialTransformer, dataset, batch_size: int = 200) -> dict:
     return {"iou_over_half": 100.0 * hits / n, "centre_err_px": round(err / n, 2), "crop_px": round(side / n, 2)}
 
 
-def score(st: SpatialTransformer, dataset, batch_size: int = 200) -> float:
-    """% of images whose crop has IoU > 0.5 with the digit's box."""
-    return crop_stats(st, dataset, batch_size)["iou_over_half"]
-
-
 def load_coloc_run(run_dir: str | Path) -> tuple[RunConfig, SpatialTransformer, object]:
     """(config, trained transformer, test dataset) of a finished co-localisation run."""
     from .config import build, load_file

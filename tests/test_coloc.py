@@ -73,6 +73,22 @@ def test_curriculum_schedule():
     assert spread_at(0, 0) == 1.0  # no curriculum: the whole canvas from the start
 
 
+def test_restarts_keep_the_lowest_training_loss_and_restart_0_is_a_plain_run(tmp_path):
+    args = ["train", "coloc", "epochs=2", "steps_per_epoch=2", f"out={tmp_path}", "curriculum_epochs=1"]
+    assert main([*args, "name=one"]) == 0
+    assert main([*args, "name=three", "restarts=3"]) == 0
+    summary = json.loads((tmp_path / "three" / "summary.json").read_text())
+    finals = [r["final_loss"] for r in summary["restarts"]]
+    assert len(finals) == 3 and len(set(finals)) == 3  # different starts
+    assert summary["restart"] == finals.index(min(finals))
+    rows = [json.loads(ln) for ln in (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["restart"] for r in rows] == [0, 0, 1, 1, 2, 2]
+    one = [json.loads(ln) for ln in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in one] == [r["loss"] for r in rows[:2]]  # restart 0 = the run without restarts
+    kept = torch.load(tmp_path / "three" / "transformer.pt", weights_only=True)
+    assert set(kept) == set(coloc_transformer(84).state_dict())
+
+
 @pytest.fixture(scope="module")
 def embed():
     return encoder(RunConfig(experiment="coloc"), log=lambda *_: None)

@@ -235,6 +235,7 @@ def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
     ("epochs=0", "epochs", "positive integer"),
     ("device=tpu", "device", "auto, cpu, cuda"),
     ("curriculum_epochs=-1", "curriculum_epochs", "integer >= 0"),
+    ("restarts=0", "restarts", "positive integer"),
 ])
 def test_invalid_settings_are_rejected_before_any_work(tmp_path, capsys, override, key, allowed):
     args = ARGS[:1] + ARGS[3:] if key == "model" else ARGS  # --model would win over model=

@@ -35,6 +35,7 @@ from torch import nn
 from .config import RunConfig
 from .config import save as save_config
 from .data import make_dataset
+from .data.batching import _seed
 from .data.sources import load_digits
 from .engine import _progress
 from .layers import SpatialTransformer, conv_localisation
@@ -165,7 +166,10 @@ def spread_at(epoch: int, curriculum_epochs: int) -> float:
 
 def train_coloc(cfg: RunConfig, digit_class: int = 3, log=print) -> Path:
     """Train the co-localising ST on one class's images (cfg.experiment: coloc | coloc-clutter);
-    writes config.yaml, metrics.jsonl, summary.json, transformer.pt and transformers.png."""
+    writes config.yaml, metrics.jsonl, summary.json, transformer.pt and transformers.png.
+
+    cfg.restarts > 1 trains that many transformers from different starts and keeps the one
+    whose training loss ended lowest: a choice made without labels or test images."""
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.out) / (cfg.name or f"{cfg.experiment}-class{digit_class}-seed{cfg.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,14 +177,42 @@ def train_coloc(cfg: RunConfig, digit_class: int = 3, log=print) -> Path:
     save_config(cfg, run_dir / "config.yaml")
     kw = dict(source=cfg.source, seed=cfg.seed, root=cfg.data_dir, digit_class=digit_class)
     train_ds, test_ds = make_dataset(cfg.experiment, "train", **kw), make_dataset(cfg.experiment, "test", **kw)
-    task = train_ds.task
     enc = encoder(cfg, log)
+    t0 = time.perf_counter()
+    fits = []
+    for r in range(cfg.restarts):
+        if r > 0:  # restart 0 starts exactly as a run without restarts
+            torch.manual_seed(_seed(cfg.seed, "restart", r))
+        st, tail, stats = _fit(cfg, r, train_ds, test_ds, enc, run_dir, t0, log, digit_class)
+        fits.append((tail, r, st, stats))
+    tail, r, st, stats = min(fits, key=lambda f: f[0])
+    if cfg.restarts > 1:
+        log(f"kept restart {r + 1} of {cfg.restarts}: final training loss {tail:.4f} "
+            f"(the others: {', '.join(f'{f[0]:.4f}' for f in fits if f[1] != r)})")
+    summary = {"experiment": cfg.experiment, "digit_class": digit_class, "iou_over_half": stats["iou_over_half"],
+               "test_n": len(test_ds), "wall_s": round(time.perf_counter() - t0, 1), "restart": r,
+               "restarts": [{"restart": f[1], "final_loss": round(f[0], 4), "iou_over_half": f[3]["iou_over_half"]}
+                            for f in fits]}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    torch.save(st.state_dict(), run_dir / "transformer.pt")
+    from .figures import transformer_figure
+    from .plots import write_png
+
+    write_png(run_dir / "transformers.png", transformer_figure(st, test_ds.sample(12, seed=1).x, ncol=4))
+    return run_dir
+
+
+def _fit(cfg: RunConfig, restart: int, train_ds, test_ds, enc, run_dir: Path, t0: float, log, digit_class: int):
+    """One transformer trained from the current RNG state -> (it, its mean training loss over
+    the last 10 epochs, its test crop_stats)."""
+    task = replace(train_ds.task, spread=1.0)
     st = coloc_transformer(task.canvas)
     opt = torch.optim.Adam(st.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed + 1 if restart == 0 else _seed(cfg.seed, "patches", restart))
     every = max(1, cfg.epochs // 10)
-    bar = _progress(cfg.epochs, f"coloc class {digit_class}", cfg.progress)
+    tag = f" restart {restart + 1}/{cfg.restarts}" if cfg.restarts > 1 else ""
+    bar = _progress(cfg.epochs, f"coloc class {digit_class}{tag}", cfg.progress)
+    losses = []
     for epoch in range(cfg.epochs):
         spread = spread_at(epoch, cfg.curriculum_epochs)
         train_ds.task = replace(task, spread=spread)
@@ -193,24 +225,18 @@ def train_coloc(cfg: RunConfig, digit_class: int = 3, log=print) -> Path:
             loss.backward()
             opt.step()
             total += float(loss.detach())
+        losses.append(total / max(i + 1, 1))
         stats = crop_stats(st, test_ds)
         acc = stats["iou_over_half"]
-        row = {"epoch": epoch + 1, "spread": round(spread, 4), "loss": total / max(i + 1, 1), **stats,
-               "wall_s": round(time.perf_counter() - t0, 1)}
+        row = {"epoch": epoch + 1, **({"restart": restart} if cfg.restarts > 1 else {}), "spread": round(spread, 4),
+               "loss": losses[-1], **stats, "wall_s": round(time.perf_counter() - t0, 1)}
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}", iou=f"{acc:.0f}%")
         if (epoch + 1) % every == 0 or epoch + 1 == cfg.epochs:
-            log(f"epoch {epoch + 1}/{cfg.epochs}: placement {100 * spread:.0f}% of the canvas | loss {row['loss']:.4f}"
+            log(f"epoch {epoch + 1}/{cfg.epochs}{tag}: placement {100 * spread:.0f}% of the canvas | loss {row['loss']:.4f}"
                 f" | test crops with IoU > 0.5: {acc:.1f}%, {stats['centre_err_px']:.1f} px off, {stats['crop_px']:.0f} px wide")
     bar.close()
-    summary = {"experiment": cfg.experiment, "digit_class": digit_class, "iou_over_half": acc,
-               "test_n": len(test_ds), "wall_s": round(time.perf_counter() - t0, 1)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    torch.save(st.state_dict(), run_dir / "transformer.pt")
-    from .figures import transformer_figure
-    from .plots import write_png
-
-    write_png(run_dir / "transformers.png", transformer_figure(st, test_ds.sample(12, seed=1).x, ncol=4))
-    return run_dir
+    tail = losses[-10:]
+    return st, sum(tail) / len(tail), stats

@@ -39,6 +39,7 @@ class RunConfig:
     match_budget: str | None = None  # or: size the model to this other model's count (e.g. "cnn")
     digit_class: int | None = None  # co-localisation: the one class of the image set (default 3)
     curriculum_epochs: int = 0  # co-localisation: epochs over which digit placement widens from the centre to the whole canvas
+    restarts: int = 1  # co-localisation: transformers trained from different starts; the lowest final training loss is kept
     fixed_train: bool = False  # reuse epoch 0's training distortions every epoch
     steps_per_epoch: int | None = None  # cap (quick runs and tests)
     eval_batch_size: int = 500
@@ -97,6 +98,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         bad("lr_steps", "a list of positive epoch numbers")
     if cfg.digit_class is not None and cfg.digit_class not in range(10):
         bad("digit_class", "null or a digit 0-9")
+    if not isinstance(cfg.restarts, int) or isinstance(cfg.restarts, bool) or cfg.restarts < 1:
+        bad("restarts", "a positive integer")
     for key in ("steps_per_epoch", "budget", "threads"):
         v = getattr(cfg, key)
         if v is not None and (not isinstance(v, int) or v <= 0):

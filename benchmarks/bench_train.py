@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stnkit.config import CONFIGS, build, load_file
+from stnkit.train.config import CONFIGS, build, load_file
 from stnkit.data import make_dataset
-from stnkit.engine import build_model
+from stnkit.train.engine import build_model
 
 B = 256
 

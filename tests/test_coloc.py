@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from stnkit.cli import main
-from stnkit.coloc import coloc_transformer, crop_boxes, encoder, iou, random_patches, spread_at, triplet_loss
-from stnkit.config import RunConfig
+from stnkit.app.cli import main
+from stnkit.train.coloc import coloc_transformer, crop_boxes, encoder, iou, random_patches, spread_at, triplet_loss
+from stnkit.train.config import RunConfig
 from stnkit.data import make_dataset
 from stnkit.warp import warp
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stnkit import checkpoint as ckpt
-from stnkit import engine
-from stnkit.cli import main
-from stnkit.config import build
+from stnkit.train import checkpoint as ckpt
+from stnkit.train import engine
+from stnkit.app.cli import main
+from stnkit.train.config import build
 from stnkit.data import make_dataset
 
 ARGS = ["r", "--model", "st-fcn-affine", "batch_size=64", "steps_per_epoch=15", "optimizer=adam", "lr=0.002",

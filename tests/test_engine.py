@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stnkit import checkpoint as ckpt
-from stnkit import engine
-from stnkit.cli import main
-from stnkit.config import build, parse_override
+from stnkit.train import checkpoint as ckpt
+from stnkit.train import engine
+from stnkit.app.cli import main
+from stnkit.train.config import build, parse_override
 
 FAST = dict(experiment="r", model="st-fcn-affine", batch_size=32, steps_per_epoch=4, epochs=2,
             eval_batch_size=1000, progress=False, lr=0.05)

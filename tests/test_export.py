@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import stnkit
-from stnkit import engine
-from stnkit.cli import main
-from stnkit.config import build
-from stnkit.export import export_onnx, export_torchscript, max_abs_diff, runner
+from stnkit.train import engine
+from stnkit.app.cli import main
+from stnkit.train.config import build
+from stnkit.app.export import export_onnx, export_torchscript, max_abs_diff, runner
 from stnkit.functional.matrix import OUTSIDE
 from stnkit.models import create_model, transformers
 
@@ -120,7 +120,7 @@ def test_export_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path), "--format", "tflite"])
     with pytest.raises(ValueError, match="format must be one of"):
-        stnkit.export.export_run(tmp_path, "tflite")
+        stnkit.app.export.export_run(tmp_path, "tflite")
 
 
 def test_torch_export_with_a_cold_tps_cache_caches_no_tracer_tensors():

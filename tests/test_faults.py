@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stnkit import checkpoint as ckpt
-from stnkit import engine
-from stnkit.cli import main
+from stnkit.train import checkpoint as ckpt
+from stnkit.train import engine
+from stnkit.app.cli import main
 
 ARGS = ["r", "--model", "st-fcn-affine", "batch_size=32", "steps_per_epoch=6", "epochs=3", "checkpoint_every=2",
         "eval_batch_size=1000", "progress=false", "threads=1", "lr=0.05", "keep_checkpoints=3"]
@@ -26,7 +26,8 @@ TOTAL = 18  # steps of the run above
 # right after the model file of the K-th checkpoint is written ("save K").
 KILLER = """
 import os, signal, sys
-from stnkit import checkpoint, cli, engine
+from stnkit.app import cli
+from stnkit.train import checkpoint, engine
 mode, n = sys.argv[1], int(sys.argv[2])
 count = [0]
 def kill_after(fn):
@@ -170,7 +171,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, unbroken, monkeypatch
 
 def main_raising(argv):
     """Run `stnkit train` without the CLI's error printing, to see the exception itself."""
-    from stnkit import cli
+    from stnkit.app import cli
 
     args, extra = cli.parser().parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]

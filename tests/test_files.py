@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from stnkit import engine
-from stnkit.cli import main
-from stnkit.config import build
+from stnkit.train import engine
+from stnkit.app.cli import main
+from stnkit.train.config import build
 from stnkit.data import make_dataset
 from test_svhn_cub import SVHN_PHOTOS, make_cub, make_svhn
 

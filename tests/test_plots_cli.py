@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from stnkit.cli import main
-from stnkit.plots import draw_box, grid_image, to_rgb, write_png
+from stnkit.app.cli import main
+from stnkit.app.plots import draw_box, grid_image, to_rgb, write_png
 
 import PIL.Image
 

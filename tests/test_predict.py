@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 import stnkit
-from stnkit import engine
-from stnkit.cli import main
-from stnkit.config import build
+from stnkit.train import engine
+from stnkit.app.cli import main
+from stnkit.train.config import build
 from stnkit.models import create_model, transformers
-from stnkit.predict import load_image, predict_files
+from stnkit.app.predict import load_image, predict_files
 
 FAST = dict(experiment="r", model="st-fcn-affine", batch_size=32, steps_per_epoch=4, epochs=1,
             eval_batch_size=1000, progress=False, lr=0.05)

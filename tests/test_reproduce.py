@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from stnkit import reproduce
-from stnkit.config import save
+from stnkit.app import reproduce
+from stnkit.train.config import save
 
 
 def test_table1_schedules_every_row_and_column():
@@ -34,7 +34,7 @@ def test_run_writes_markdown_beside_the_paper_and_reuses_finished_rows(tmp_path,
         (run / "summary.json").write_text(json.dumps({"test_err": err + cfg.seed, "wall_s": 30.0}))
         return run
 
-    monkeypatch.setattr("stnkit.engine.train", fake_train)
+    monkeypatch.setattr("stnkit.train.engine.train", fake_train)
     path = reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None)
     text = path.read_text()
     assert "| cnn | 10.5 ± 0.7 | 3.5 |" in text and "| st-cnn-affine | 2.5 ± 0.7 | 1.7 |" in text
@@ -74,13 +74,13 @@ def test_rows_picks_a_subset_and_names_unknown_patterns(tmp_path, monkeypatch):
         save(cfg, run / "config.yaml")
         (run / "summary.json").write_text(json.dumps({"test_err": 50.0, "wall_s": 60.0}))
 
-    monkeypatch.setattr("stnkit.engine.train", fake_train)
+    monkeypatch.setattr("stnkit.train.engine.train", fake_train)
     text = reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"], log=lambda *_: None).read_text()
     assert "| fcn | 50.0 | 47.7 |" in text and "| cnn | - | 14.7 |" in text and "--rows 'fcn'" in text
     # a run saved before a config key existed holds that key's default: still reused
     conf = tmp_path / "addition-quick/addition/fcn-seed0/config.yaml"
     conf.write_text("\n".join(ln for ln in conf.read_text().splitlines() if not ln.startswith("curriculum_epochs")))
-    monkeypatch.setattr("stnkit.engine.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr("stnkit.train.engine.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"], log=lambda *_: None)
 
 
@@ -96,7 +96,7 @@ def test_coloc_table_scores_iou_and_reuses_finished_runs(tmp_path, monkeypatch):
         (run / "summary.json").write_text(json.dumps({"iou_over_half": iou, "wall_s": 6.0}))
         return run
 
-    monkeypatch.setattr("stnkit.coloc.train_coloc", fake_coloc)
+    monkeypatch.setattr("stnkit.train.coloc.train_coloc", fake_coloc)
     text = reproduce.run("coloc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None).read_text()
     assert "IoU > 0.5" in text and "| attention ST, triplet loss | 90.0 ± 0.0 | 100.0 | 60.0 ± 0.0 | 75-93 |" in text
     assert trained == [("coloc", 3)] * 2 + [("coloc-clutter", 3)] * 2
@@ -105,7 +105,7 @@ def test_coloc_table_scores_iou_and_reuses_finished_runs(tmp_path, monkeypatch):
 
 
 def test_cub_without_files_says_where_to_put_them(tmp_path, capsys):
-    from stnkit.cli import main
+    from stnkit.app.cli import main
 
     assert main(["reproduce", "cub", "--out", str(tmp_path), f"data_dir={tmp_path / 'nothing'}"]) == 2
     err = capsys.readouterr().err

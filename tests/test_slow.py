@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from stnkit.demo import demo
+from stnkit.app.demo import demo
 
 
 @pytest.mark.slow

@@ -3,8 +3,8 @@ trains, checkpoints load back on the CPU."""
 import pytest
 import torch
 
-from stnkit import engine
-from stnkit.config import build
+from stnkit.train import engine
+from stnkit.train.config import build
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..plots import COLOURS, draw_box, grid_image, to_rgb, upscale, write_png
+from ..app.plots import COLOURS, draw_box, grid_image, to_rgb, upscale, write_png
 from .datasets import make_dataset
 
 

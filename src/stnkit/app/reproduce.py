@@ -7,7 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .config import CONFIGS, build, load_file
+from ..train.config import CONFIGS, build, load_file
 
 
 # Published % test errors (SPEC 3.1 Table 1, TC, 3.4 Table 4).
@@ -116,7 +116,7 @@ def _paper(v) -> str:
 
 def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = "runs/reproduce",
         overrides=None, log=print, real: bool = False, rows: list[str] | None = None) -> Path:
-    from . import engine
+    from ..train import engine
 
     results: dict = {}
     wall = 0.0
@@ -127,7 +127,7 @@ def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = 
         summary = engine.run_dir_of(cfg) / "summary.json"
         if not engine.finished(cfg):  # finished rows are kept: a stopped reproduce picks up here
             if table == "coloc":
-                from .coloc import train_coloc
+                from ..train.coloc import train_coloc
 
                 train_coloc(cfg, cfg.digit_class, log=log)
             else:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import transformers
+from ..models import transformers
 
 __all__ = ["OPSET", "SUFFIX", "export_onnx", "export_torchscript", "runner", "max_abs_diff", "export_run"]
 
@@ -125,7 +125,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     """Export the newest good weights of a run folder to out (default RUN/model.onnx or
     RUN/model.pt), then compare the file with PyTorch on the first `check` test images (0: skip).
     -> {"path", "model", "format", "input", "checked", "max_abs_diff"} (the last None if unchecked)."""
-    from .engine import load_run
+    from ..train.engine import load_run
 
     if fmt not in SUFFIX:
         raise ValueError(f"format must be one of {list(SUFFIX)}, got {fmt!r}")

@@ -34,12 +34,12 @@ from torch import nn
 
 from .config import RunConfig
 from .config import save as save_config
-from .data import make_dataset
-from .data.batching import _seed
-from .data.sources import load_digits
+from ..data import make_dataset
+from ..data.batching import _seed
+from ..data.sources import load_digits
 from .engine import _progress
-from .layers import SpatialTransformer, conv_localisation
-from .models.mnist import cnn
+from ..layers import SpatialTransformer, conv_localisation
+from ..models.mnist import cnn
 
 CROP = 28
 
@@ -116,7 +116,7 @@ def triplet_loss(e_crop: torch.Tensor, e_rand: torch.Tensor, margin: float = 1.0
 
 def random_patches(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """A random CROP x CROP patch of each image (B, 1, H, W) -> (B, 1, CROP, CROP)."""
-    from .warp import warp
+    from ..warp import warp
 
     B, _, H, _ = x.shape
     s = CROP / H
@@ -195,8 +195,8 @@ def train_coloc(cfg: RunConfig, digit_class: int = 3, log=print) -> Path:
                             for f in fits]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     torch.save(st.state_dict(), run_dir / "transformer.pt")
-    from .figures import transformer_figure
-    from .plots import write_png
+    from ..app.figures import transformer_figure
+    from ..app.plots import write_png
 
     write_png(run_dir / "transformers.png", transformer_figure(st, test_ds.sample(12, seed=1).x, ncol=4))
     return run_dir

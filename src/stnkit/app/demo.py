@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .engine import finished, load_run, train
+from ..train.engine import finished, load_run, train
 from .figures import transformer_figure
 from .plots import write_png
-from .config import CONFIGS, build, load_file
+from ..train.config import CONFIGS, build, load_file
 
 
 def demo(out: str = "runs/demo", epochs: int | None = None, log=print) -> Path:

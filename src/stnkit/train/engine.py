@@ -19,9 +19,9 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import RunConfig, save as save_config
-from .data import make_dataset
-from .layers import LocalisationDiverged
-from .models import count_params, create_model, model_options, transformers
+from ..data import make_dataset
+from ..layers import LocalisationDiverged
+from ..models import count_params, create_model, model_options, transformers
 
 
 class TrainingDiverged(RuntimeError):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import SpatialTransformer
-from .models import transformers
+from ..layers import SpatialTransformer
+from ..models import transformers
 from .plots import COLOURS, grid_image, to_rgb, upscale
-from .warp import warp_points
+from ..warp import warp_points
 
 
 def outline(n: int = 64) -> torch.Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _data_list(args) -> int:
-    from .data import DESCRIPTIONS
+    from ..data import DESCRIPTIONS
 
     for name, text in DESCRIPTIONS.items():
         print(f"{name:14s} {text}")
@@ -15,7 +15,7 @@ def _data_list(args) -> int:
 
 
 def _data_show(args) -> int:
-    from .data.show import sample_figure
+    from ..data.show import sample_figure
     from .plots import write_png
 
     out = Path(args.out or f"{args.name}.png")
@@ -29,7 +29,7 @@ def _data_show(args) -> int:
 
 
 def _data_download(args) -> int:
-    from .data import data_dir, download
+    from ..data import data_dir, download
 
     root = data_dir(args.data_dir) / "mnist"
     paths = download(root, progress=print)
@@ -38,7 +38,7 @@ def _data_download(args) -> int:
 
 
 def _config_from(args):
-    from .config import CONFIGS, build, load_file, parse_override
+    from ..train.config import CONFIGS, build, load_file, parse_override
 
     base = {}
     if args.config:
@@ -70,7 +70,7 @@ def _torchrun(args) -> int:
 def _train(args) -> int:
     import os
 
-    from .engine import train
+    from ..train.engine import train
 
     if args.nproc is not None and args.nproc < 1:
         raise ValueError(f"--nproc must be a positive number of processes, got {args.nproc}")
@@ -81,7 +81,7 @@ def _train(args) -> int:
     if cfg.experiment.startswith("coloc"):
         if int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise ValueError("co-localisation training runs in one process; start it without torchrun/--nproc")
-        from .coloc import train_coloc
+        from ..train.coloc import train_coloc
 
         train_coloc(cfg, 3 if cfg.digit_class is None else cfg.digit_class)
         return 0
@@ -90,7 +90,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .engine import evaluate, load_run
+    from ..train.engine import evaluate, load_run
 
     cfg, model, test = load_run(args.run)
     m = evaluate(model, test, cfg.eval_batch_size)
@@ -100,14 +100,14 @@ def _eval(args) -> int:
 
 
 def _show(args) -> int:
-    from .config import load_file
-    from .engine import load_run
+    from ..train.config import load_file
+    from ..train.engine import load_run
     from .figures import transformer_figure
     from .plots import write_png
 
     conf = Path(args.run) / "config.yaml"
     if conf.is_file() and str(load_file(conf).get("experiment", "")).startswith("coloc"):
-        from .coloc import load_coloc_run
+        from ..train.coloc import load_coloc_run
 
         cfg, model, test = load_coloc_run(args.run)
     else:
@@ -130,7 +130,7 @@ def _export(args) -> int:
 
 
 def _predict(args) -> int:
-    from .engine import load_run
+    from ..train.engine import load_run
     from .predict import predict_files
 
     _, model, _ = load_run(args.run)
@@ -148,7 +148,7 @@ def _demo(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .config import parse_override
+    from ..train.config import parse_override
     from .reproduce import run
 
     rows = [r for r in args.rows.split(",") if r] if args.rows else None

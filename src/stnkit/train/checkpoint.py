@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ._io import sha256
+from .._io import sha256
 
 MODEL, EXTRA, STATE = "model.safetensors", "extra.safetensors", "state.json"
 

@@ -64,8 +64,8 @@ def _is_size(v) -> bool:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Reject bad values before any work, naming the key and what is allowed."""
-    from .data import names as dataset_names
-    from .models import list_models
+    from ..data import names as dataset_names
+    from ..models import list_models
 
     def bad(key, allowed):
         raise ValueError(f"config key {key!r} = {getattr(cfg, key)!r} is not allowed: {allowed}")

@@ -1,0 +1,2 @@
+"""The application's training half: run configs, the one engine, objectives, checkpoints and
+multi-process plumbing."""

@@ -8,7 +8,7 @@ import torch
 import stnkit
 from stnkit.data.distort import (
     CORNERS, DISTORTIONS, Elastic, Perspective, RotateScaleTranslate, TranslateClutter, convex, crop,
-    homography_from_points, paste, placement,
+    homography_from_points, paste, placement, rotation2d,
 )
 
 
@@ -54,7 +54,7 @@ def test_r_ranges():
 def test_placement_puts_the_digit_centre_where_asked():
     # Independent check in pixels: the centre of the digit (input normalised 0) must be sampled
     # by the output pixel at canvas centre + offset.
-    theta = placement(torch.tensor([0.3]), torch.tensor([0.8]), torch.tensor([[5.0, -3.0]]), canvas=42)
+    theta = placement(rotation2d(torch.tensor([0.3])), 28 * torch.tensor([0.8]), torch.tensor([[5.0, -3.0]]), canvas=42)
     target_px = torch.tensor([[[21.0 + 5.0, 21.0 - 3.0]]])  # in edge coordinates (0..42)
     target = target_px / 21.0 - 1.0
     src = stnkit.warp_points(target, theta, "affine")

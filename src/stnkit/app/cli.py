@@ -15,7 +15,7 @@ def _data_list(args) -> int:
 
 
 def _data_show(args) -> int:
-    from ..data.show import sample_figure
+    from .figures import sample_figure
     from .plots import write_png
 
     out = Path(args.out or f"{args.name}.png")

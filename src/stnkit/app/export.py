@@ -8,7 +8,6 @@ TorchScript is `torch.jit.trace`.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import warnings
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._io import require
 from ..models import transformers
 
 __all__ = ["OPSET", "SUFFIX", "export_onnx", "export_torchscript", "runner", "max_abs_diff", "export_run"]
@@ -26,9 +26,8 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 def _need(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise RuntimeError(f"this needs {' and '.join(missing)}: pip install 'stnkit[export]'")
+    for m in modules:
+        require(m, "ONNX export and checking", "'stnkit[export]'")
 
 
 def _prepare(model: nn.Module, example: torch.Tensor) -> list:

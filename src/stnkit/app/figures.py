@@ -7,7 +7,9 @@ from torch import nn
 
 from ..layers import SpatialTransformer
 from ..models import transformers
-from .plots import COLOURS, grid_image, to_rgb, upscale
+from ..data import make_dataset
+from .plots import COLOURS, draw_box, grid_image, to_rgb, upscale
+from ..functional.coords import to_pixels
 from ..warp import warp_points
 
 
@@ -49,8 +51,7 @@ def region_on_input(st: SpatialTransformer, params: torch.Tensor, size_hw, n: in
     0..W): (B, 4n, 2)."""
     pts = outline(n).to(params.dtype)
     src = warp_points(pts, params, st.transform, align_corners=st.align_corners)
-    H, W = size_hw
-    return torch.stack([(src[..., 0] + 1) * W / 2, (src[..., 1] + 1) * H / 2], -1)
+    return to_pixels(src, size_hw) + 0.5  # edges lie half a pixel before centres
 
 
 def transformer_figure(model: nn.Module, x: torch.Tensor, ncol: int = 3, scale: int | None = None) -> torch.Tensor:
@@ -92,3 +93,17 @@ def _fit_height(imgs: torch.Tensor, height: int, colour: torch.Tensor) -> torch.
     out[:, :, :2] = colour
     out[:, :, -2:] = colour
     return out
+
+
+def sample_figure(name: str, n: int = 32, split: str = "test", seed: int = 0, ncol: int = 8, **dataset_kwargs):
+    """Samples of a dataset for `stnkit data show` -> ((H, W, 3) uint8 mosaic of n samples, their labels). Co-localisation boxes in colour."""
+    ds = make_dataset(name, split, **dataset_kwargs)
+    batch = ds.sample(n, seed=seed)
+    tiles = to_rgb(batch.x)
+    if batch.box is not None:
+        for tile, box in zip(tiles, batch.box):
+            draw_box(tile, box, COLOURS[0])
+    factor = max(1, 96 // tiles.shape[1])
+    tiles = upscale(tiles.permute(1, 2, 0, 3).reshape(tiles.shape[1], tiles.shape[2], -1), factor)
+    tiles = tiles.reshape(tiles.shape[0], tiles.shape[1], n, 3).permute(2, 0, 1, 3)
+    return grid_image(tiles, ncol=ncol), batch.y

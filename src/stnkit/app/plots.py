@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .._io import atomic_write
+
 COLOURS = torch.tensor([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]],
                        dtype=torch.uint8)
 
@@ -25,12 +27,7 @@ def write_png(path: str | Path, image: torch.Tensor) -> Path:
 
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, colour, 0, 0, 0))
     png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(png)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, png)
 
 
 def to_rgb(x: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """Classify image files with a trained run, and write what each spatial transformer made of them."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._io import require
 from .figures import record_transformers
 from .plots import to_rgb, write_png
 
@@ -17,10 +19,7 @@ def load_image(path: str | Path, shape: Sequence[int], invert: bool = False) -> 
     """An image file (PNG, JPEG, anything Pillow reads) as the model's input: grey (C = 1) or
     RGB (C = 3), resized to shape (C, H, W), scaled to [0, 1] like the training data -> (C, H, W).
     invert: 1 - value, for dark ink on light paper (the digit datasets are light on dark)."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise RuntimeError("reading images needs Pillow: pip install pillow") from None
+    Image = require("PIL.Image", "reading images", "pillow")
     path = Path(path)
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise ValueError(f"this model takes inputs of shape {tuple(shape)}; predict reads 2D images for models "
@@ -29,9 +28,13 @@ def load_image(path: str | Path, shape: Sequence[int], invert: bool = False) -> 
     if not path.is_file():
         raise FileNotFoundError(f"image {path} not found")
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if C == 1 else "RGB").resize((W, H), Image.BILINEAR)
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a huge image: refuse, not hang
+            with Image.open(path) as im:
+                im = im.convert("L" if C == 1 else "RGB").resize((W, H), Image.BILINEAR)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{path}: too large to read safely ({e}); make a smaller copy of the image first") from None
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # SyntaxError: some broken PNGs
         raise ValueError(f"cannot read {path} as an image: {e}") from None
     x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(H, W, C)
     x = x.permute(2, 0, 1).float().div_(255)

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..functional.coords import to_normalised
+from .._io import require
+from ..functional.coords import box_to_normalised
+from .base import check_split
 
 CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
 NUM_CLASSES = 200
-SPLITS = ("train", "test")
 _TABLES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt")
 
 
@@ -88,17 +89,12 @@ def normalise_box(box: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
     The result holds for the image resized to any size, as long as it is not cropped."""
     x, y, w, h = box.unbind(-1)
-    corners = torch.stack([torch.stack([x, y], -1), torch.stack([x + w, y + h], -1)], -2)  # (..., 2, 2) edges
-    centred = to_normalised(corners - 0.5, size, align_corners=False)  # an edge sits half a pixel before a centre
-    return centred.flatten(-2).clamp(-1.0, 1.0)
+    return box_to_normalised(torch.stack([x, y, x + w, y + h], -1), size).clamp(-1.0, 1.0)
 
 
 def _load_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """A photo -> (3, size, size) float32 in [0, 1] (PIL bilinear, aspect not kept) and its original (H, W)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("reading CUB-200-2011 needs pillow: pip install pillow") from None
+    Image = require("PIL.Image", "reading CUB-200-2011", "'stnkit[data]'")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: listed in images.txt but missing; unpack CUB_200_2011.tgz from {CUB_URL} again")
     try:
@@ -118,8 +114,7 @@ class CUB200(Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", size: int = 224):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        check_split(split)
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
         root = _find_root(Path(root))

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .base import Batch
 from .batching import _seed, rank_slices
 from .distort import DISTORTIONS
 from .files import DESCRIPTIONS as FILE_DESCRIPTIONS
 from .files import FILES, make_file_dataset
 from .sources import Digits, load_digits
 from .tasks import Addition, CoLocalisation, Sequences, Volumes3D
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -64,13 +66,6 @@ NUM_CLASSES = {"addition": 19, "seq64": 11, "seq128": 11}
 def names() -> list[str]:
     """Every dataset: the generated ones (TASKS), then the user's files (FILES)."""
     return list(TASKS) + list(FILES)
-
-
-@dataclass
-class Batch:
-    x: torch.Tensor  # (B, C, *size) float in [0, 1]
-    y: torch.Tensor  # (B,) class, or (B, 5) digit sequence
-    box: torch.Tensor | None = None  # (B, 4) pixel box (x0, y0, x1, y1), co-localisation only
 
 
 class GeneratedDataset:

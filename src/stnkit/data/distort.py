@@ -35,15 +35,19 @@ def _uniform(g: torch.Generator, n: int, low: float, high: float) -> torch.Tenso
     return low + (high - low) * torch.rand(n, generator=g)
 
 
-def placement(angle: torch.Tensor, scale: torch.Tensor, centre: torch.Tensor, canvas: int, size: int = DIGIT) -> torch.Tensor:
-    """src_from_dst (N, 2, 3) that shows a size-px image rotated by `angle` (radians), scaled by
-    `scale` and centred `centre` (N, 2) px away from the centre of a canvas-px output."""
+def rotation2d(angle: torch.Tensor) -> torch.Tensor:
+    """(N,) angles in radians -> (N, 2, 2) rotations acting on (x, y)."""
     c, s = torch.cos(angle), torch.sin(angle)
-    k = canvas / (size * scale)  # output normalised units -> input normalised units
-    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (N, 2, 2)
-    lin = rot * k[:, None, None]
-    t = -(2.0 / (size * scale))[:, None] * (rot @ centre[:, :, None])[..., 0]  # (N, 2)
-    return torch.cat([lin, t[:, :, None]], dim=2)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def placement(rot: torch.Tensor, shown: torch.Tensor, centre: torch.Tensor, canvas: int) -> torch.Tensor:
+    """src_from_dst (N, d, d + 1), 2D or 3D, that shows an image turned by `rot` (N, d, d), at a
+    size of `shown` (N,) output pixels across, centred `centre` (N, d) px away from the centre of
+    a canvas-px output. The one placement of every generated dataset."""
+    k = canvas / shown  # output normalised units -> input normalised units
+    t = -(2.0 / shown)[:, None] * (rot @ centre[:, :, None])[..., 0]  # (N, d)
+    return torch.cat([rot * k[:, None, None], t[:, :, None]], dim=2)
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class RotateScaleTranslate:
         return {"angle": angle, "scale": scale, "centre": centre}
 
     def matrix(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return placement(params["angle"], params["scale"], params["centre"], self.canvas)
+        return placement(rotation2d(params["angle"]), DIGIT * params["scale"], params["centre"], self.canvas)
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor], pool=None) -> torch.Tensor:
         theta = self.matrix(params).to(images.dtype)

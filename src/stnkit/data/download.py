@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .._io import sha256
+from .._io import atomic_open, sha256
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -35,26 +33,18 @@ class DownloadError(RuntimeError):
 
 
 def _fetch(url: str, target: Path, expected: str, timeout: float) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            total = resp.headers.get("Content-Length")
-            n = 0
-            for block in iter(lambda: resp.read(1 << 16), b""):
-                out.write(block)
-                h.update(block)
-                n += len(block)
-            if total is not None and n != int(total):
-                raise DownloadError(f"transfer broke off after {n} of {total} bytes")
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != expected:
+    h = hashlib.sha256()
+    with atomic_open(target) as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        total = resp.headers.get("Content-Length")
+        n = 0
+        for block in iter(lambda: resp.read(1 << 16), b""):
+            out.write(block)
+            h.update(block)
+            n += len(block)
+        if total is not None and n != int(total):
+            raise DownloadError(f"transfer broke off after {n} of {total} bytes")
+        if h.hexdigest() != expected:  # raised inside: the partial file is removed, target untouched
             raise DownloadError(f"SHA-256 mismatch: got {h.hexdigest()}, expected {expected}")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download(

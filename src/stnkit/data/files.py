@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..functional.coords import box_to_pixels
+from .base import Batch, check_split
 from .batching import _seed, rank_slices
 from .sources import data_dir
 
@@ -56,10 +58,7 @@ class FileDataset:
 
 def make_file_dataset(name: str, split: str = "train", seed: int = 0, root=None, **_) -> FileDataset:
     """The split of one of FILES from the data directory (root, else $STNKIT_DATA, else ~/.cache/stnkit)."""
-    from .datasets import Batch
-
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be train or test, got {split!r}")
+    check_split(split)
     folder, kind, size, classes = FILES[name]
     path = data_dir(root) / folder
     if kind == "svhn":
@@ -77,7 +76,7 @@ def make_file_dataset(name: str, split: str = "train", seed: int = 0, root=None,
 
         def get(idx):
             items = [ds[int(i)] for i in idx]
-            box = (torch.stack([it[2] for it in items]) + 1) * (size / 2)  # [-1, 1] -> pixels (x0, y0, x1, y1)
+            box = box_to_pixels(torch.stack([it[2] for it in items]), (size, size))  # (B, 4) pixel edges
             return Batch(torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]), box)
     if len(ds) == 0:
         raise ValueError(f"{path}: the {split} split of {name} is empty")

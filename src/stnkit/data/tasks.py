@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from ..warp import warp
-from .distort import DIGIT, RotateScaleTranslate, TranslateClutter, _uniform
+from .base import NO_DIGIT
+from .distort import DIGIT, RotateScaleTranslate, TranslateClutter, _uniform, placement
 
-NO_DIGIT = 10
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,7 @@ class Volumes3D:
 
     def matrix(self, params) -> torch.Tensor:
         R = rotation3d(params["ax"], params["ay"], params["az"])
-        k = self.canvas / (DIGIT * params["scale"])
-        t = -(2.0 / (DIGIT * params["scale"]))[:, None] * (R @ params["centre"][:, :, None])[..., 0]
-        return torch.cat([R * k[:, None, None], t[:, :, None]], dim=2)  # (N, 3, 4)
+        return placement(R, DIGIT * params["scale"], params["centre"], self.canvas)  # (N, 3, 4)
 
     def apply(self, images, labels, params, pool=None, pool_labels=None):
         """-> x (N, 1, 60, 60, 60), y (N,)."""
@@ -177,7 +175,8 @@ class Sequences:
 
 
 def _place(height_px, centre_px, canvas):
-    """Attention params (N, 3) showing a 28-px digit at height_px pixels, centred centre_px
-    (N, 2) px from the centre of a canvas-px output."""
-    s = canvas / height_px
-    return torch.cat([s[:, None], -centre_px * (2.0 / height_px)[:, None]], 1)
+    """Attention params (N, 3) (scale, tx, ty) showing a digit height_px pixels high, centred
+    centre_px (N, 2) px from the centre of a canvas-px output."""
+    upright = torch.eye(2, dtype=centre_px.dtype).expand(len(centre_px), 2, 2)
+    m = placement(upright, height_px, centre_px, canvas)  # (N, 2, 3)
+    return torch.cat([m[:, 0, :1], m[:, :, 2]], 1)

@@ -55,3 +55,16 @@ def to_normalised(points: torch.Tensor, size: Sequence[int], align_corners: bool
         raise ValueError(f"points' last axis must be {len(size)} for size {tuple(size)}, got {tuple(points.shape)}")
     scale, offset = _scale_offset(size, align_corners, points)
     return (points - offset) / scale
+
+
+def box_to_pixels(box: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Boxes of normalised edges (align_corners=False) -> boxes in pixel edges, where 0 is the
+    first pixel's outer edge and W the last one's: (..., 4) (x0, y0, x1, y1) for size (H, W)."""
+    corners = box.unflatten(-1, (2, 2))  # (..., corner, (x, y))
+    return (to_pixels(corners, size, align_corners=False) + 0.5).flatten(-2)  # an edge lies half a pixel before a centre
+
+
+def box_to_normalised(box: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The inverse of `box_to_pixels`: (..., 4) pixel edges -> normalised edges."""
+    corners = box.unflatten(-1, (2, 2))
+    return to_normalised(corners - 0.5, size, align_corners=False).flatten(-2)

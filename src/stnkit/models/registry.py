@@ -16,7 +16,6 @@ def register_model(name: str):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = fn
-        fn.model_name = name
         return fn
 
     return deco

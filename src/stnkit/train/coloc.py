@@ -38,6 +38,7 @@ from ..data import make_dataset
 from ..data.batching import _seed
 from ..data.sources import load_digits
 from .engine import _progress
+from ..functional.coords import box_to_pixels
 from ..layers import SpatialTransformer, conv_localisation
 from ..models.mnist import cnn
 
@@ -94,8 +95,7 @@ class Temperature(nn.Module):
 def crop_boxes(params: torch.Tensor, canvas: int) -> torch.Tensor:
     """Attention params (B, 3) = (s, tx, ty) -> the sampled square in pixels (B, 4) (x0, y0, x1, y1)."""
     s, t = params[:, :1], params[:, 1:]
-    lo, hi = (t - s + 1) * canvas / 2, (t + s + 1) * canvas / 2
-    return torch.cat([lo, hi], 1)
+    return box_to_pixels(torch.cat([t - s, t + s], 1), (canvas, canvas))
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ from stnkit.train import engine
 from stnkit.app.cli import main
 from stnkit.train.config import build
 from stnkit.data import make_dataset
+from stnkit.train.runs import load_run
+from stnkit.train.objectives import Classification, objective_for, build_model, loss_and_errors
 
 ARGS = ["r", "--model", "st-fcn-affine", "batch_size=64", "steps_per_epoch=15", "optimizer=adam", "lr=0.002",
         "eval_batch_size=250", "progress=false", "threads=1"]
@@ -49,8 +51,8 @@ def same_batches_one_process(cfg, epochs):
     """Per-epoch train loss and final weights of one process trained on the global batches the
     two ranks drew (rank 0's half, then rank 1's): what DDP must compute, up to rounding."""
     torch.manual_seed(cfg.seed)
-    train_ds, _ = engine.datasets(cfg)
-    model = engine.build_model(cfg, train_ds)
+    train_ds, _ = objective_for(cfg).datasets(cfg)
+    model = build_model(cfg, train_ds)
     opt = engine.make_optimizer(cfg, model)
     for g in opt.param_groups:
         g["lr"] = cfg.lr * g["lr_mult"]
@@ -59,7 +61,7 @@ def same_batches_one_process(cfg, epochs):
         halves = [train_ds.batches(cfg.batch_size, epoch, drop_last=True, rank=r, world=2) for r in (0, 1)]
         total = 0.0
         for _, a, b in zip(range(cfg.steps_per_epoch), *halves):
-            loss, _ = engine.loss_and_errors(model(torch.cat([a.x, b.x])), torch.cat([a.y, b.y]))
+            loss, _ = loss_and_errors(model(torch.cat([a.x, b.x])), torch.cat([a.y, b.y]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -72,7 +74,7 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path):
     out = torchrun(tmp_path, "epochs=3", "name=ddp")
     ddp, one = rows(tmp_path / "ddp"), rows(single(tmp_path, "epochs=3", "name=one"))
     assert [r["step"] for r in ddp] == [r["step"] for r in one] == [15, 30, 45]  # rank 0 wrote once
-    cfg, _, _ = engine.load_run(tmp_path / "ddp")
+    cfg, _, _ = load_run(tmp_path / "ddp")
     losses, _ = same_batches_one_process(cfg, 3)
     assert [r["train_loss"] for r in ddp] == pytest.approx(losses, abs=EXACT)
     # Weights after epoch 2 (the checkpoint before the last): by epoch 3 Adam has amplified the
@@ -88,8 +90,8 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["test_n"] == 1000
     # the sharded, all-reduced evaluation equals one process scoring the saved weights
-    cfg, model, test = engine.load_run(tmp_path / "ddp")
-    alone = engine.evaluate(model, test, 250)
+    cfg, model, test = load_run(tmp_path / "ddp")
+    alone = Classification().evaluate(model, test, 250)
     assert alone["test_n"] == 1000 and alone["test_err"] == summary["test_err"]
     assert alone["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
     left = [p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()]
@@ -124,7 +126,7 @@ def test_cli_nproc_rejects_bad_values_before_starting(tmp_path, capsys):
 def test_global_batch_must_split_evenly(tmp_path):
     cfg = build({"experiment": "r", "model": "fcn", "batch_size": 63, "out": str(tmp_path), "progress": False})
     with pytest.raises(ValueError, match="multiple of the number of processes"):
-        engine._train(cfg, False, lambda *_: None, engine.dist.World(0, 2, 0))
+        engine.open_run(cfg, Classification(), False, engine.dist.World(0, 2, 0))
 
 
 def test_ranks_split_each_global_batch_and_draw_their_own_distortions():

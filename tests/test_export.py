@@ -14,6 +14,7 @@ from stnkit.train.config import build
 from stnkit.app.export import export_onnx, export_torchscript, max_abs_diff, runner
 from stnkit.functional.matrix import OUTSIDE
 from stnkit.models import create_model, transformers
+from stnkit.train.runs import load_run
 
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
 onnx_tools = pytest.mark.skipif(not HAVE_ONNX, reason="needs onnx, onnxscript and onnxruntime: pip install 'stnkit[export]'")
@@ -25,7 +26,7 @@ ONNX_TOL, TS_TOL = 1e-4, 1e-5
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return {t: engine.train(build({**FAST, "model": f"st-fcn-{t}", "out": str(out)}), log=lambda *_: None)
+    return {t: engine.train(build({**FAST, "model": f"st-fcn-{t}", "out": str(out)}))
             for t in FAMILIES}
 
 
@@ -44,7 +45,7 @@ def test_cli_onnx_runs_in_onnxruntime_like_pytorch(runs, family, capsys):
     assert f"wrote {run / 'model.onnx'}: st-fcn-{family} as ONNX (opset 20)" in out
     assert "max |difference| from PyTorch on 300 test images" in out
 
-    _, model, test = engine.load_run(run)
+    _, model, test = load_run(run)
     x = next(test.batches(500, shuffle=False)).x
     onnx = runner(run / "model.onnx", "onnx")
     assert max_abs_diff(model, onnx, x) < ONNX_TOL
@@ -56,7 +57,7 @@ def test_cli_torchscript_reloads_and_matches_pytorch(runs, tmp_path, capsys):
     run, path = runs["projective"], tmp_path / "sub" / "m.pt"
     assert main(["export", str(run), "--format", "torchscript", "--out", str(path), "--check", "100"]) == 0
     assert f"wrote {path}: st-fcn-projective as TorchScript" in capsys.readouterr().out
-    _, model, test = engine.load_run(run)
+    _, model, test = load_run(run)
     x = next(test.batches(500, shuffle=False)).x
     loaded = torch.jit.load(str(path))
     assert max_abs_diff(model, loaded, x) < TS_TOL
@@ -116,7 +117,7 @@ def test_projective_grid_while_tracing_is_the_functions_forward_bit_for_bit():
 
 def test_export_errors_are_clear(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope"), "--format", "onnx"]) == 2
-    assert "is not a run folder" in capsys.readouterr().err
+    assert "nope not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path), "--format", "tflite"])
     with pytest.raises(ValueError, match="format must be one of"):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from stnkit.train import checkpoint as ckpt
-from stnkit.train import engine
+from stnkit.train import engine, objectives
 from stnkit.app.cli import main
 
 ARGS = ["r", "--model", "st-fcn-affine", "batch_size=32", "steps_per_epoch=6", "epochs=3", "checkpoint_every=2",
@@ -129,8 +129,9 @@ def test_corrupted_checkpoint_is_named_and_the_previous_one_used(tmp_path, unbro
     data[len(data) // 2] ^= 0xFF  # one flipped bit pattern, same size
     (newest / ckpt.MODEL).write_bytes(bytes(data))
     assert same(unbroken, resume(tmp_path, "b"))
-    said = capsys.readouterr().out
-    assert f"{newest / ckpt.MODEL}: checksum mismatch" in said
+    io = capsys.readouterr()
+    said = io.out
+    assert f"skipping damaged checkpoint: {newest / ckpt.MODEL}: checksum mismatch" in io.err  # a warning: stderr
     assert "resuming" in said and newest.name not in said.split("resuming")[1].split("\n")[0]
 
 
@@ -141,7 +142,7 @@ def test_unreadable_state_and_all_damaged(tmp_path, capsys):
     (found[1] / ckpt.EXTRA).write_bytes(b"")
     assert main(["train", *ARGS, f"out={tmp_path}", "name=b", "--resume"]) == 2
     io = capsys.readouterr()
-    assert f"{found[0] / ckpt.STATE}: unreadable" in io.out and f"{found[1] / ckpt.EXTRA}" in io.out
+    assert f"{found[0] / ckpt.STATE}: unreadable" in io.err and f"{found[1] / ckpt.EXTRA}" in io.err
     assert "every checkpoint" in io.err and "damaged" in io.err
     assert len(ckpt.candidates(tmp_path / "b")) == 2  # nothing deleted
 
@@ -175,24 +176,24 @@ def main_raising(argv):
 
     args, extra = cli.parser().parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
-    return engine.train(cli._config_from(args), log=lambda *_: None)
+    return engine.train(cli._config_from(args))
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf"])
 def test_nan_or_inf_loss_names_step_batch_and_checkpoint(tmp_path, monkeypatch, bad):
-    real, calls = engine.loss_and_errors, {"n": 0}
+    real, calls = objectives.loss_and_errors, {"n": 0}
 
     def poisoned(logits, y):  # epoch 1: 6 steps + 1 eval call; poison epoch 2, step 3
         calls["n"] += 1
         loss, err = real(logits, y)
         return (loss * float(bad) if calls["n"] == 10 else loss), err
 
-    monkeypatch.setattr(engine, "loss_and_errors", poisoned)
+    monkeypatch.setattr(objectives, "loss_and_errors", poisoned)
     with pytest.raises(engine.TrainingDiverged) as e:
         main_raising(["train", *ARGS, f"out={tmp_path}", "name=b"])
     msg = str(e.value)
     assert f"loss is {float(bad)}" in msg and "epoch 2, step 3 (global step 9)" in msg
-    assert "batch of digits 64-95" in msg and "step-00000008" in msg
+    assert "batch of examples 64-95" in msg and "step-00000008" in msg
     for folder in ckpt.candidates(tmp_path / "b"):
         assert all(torch.isfinite(v).all() for v in load_file(str(folder / ckpt.MODEL)).values())
 

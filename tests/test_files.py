@@ -54,6 +54,6 @@ def test_train_svhn_sequences_from_files(svhn_root, tmp_path):
     cfg = build({"experiment": "svhn64", "model": "svhn-st-cnn-single", "data_dir": str(svhn_root),
                  "batch_size": 2, "epochs": 1, "eval_batch_size": 2, "progress": False, "out": str(tmp_path / "runs"),
                  "optimizer": "adam", "lr": 1e-3})
-    run = engine.train(cfg, log=lambda *_: None)
+    run = engine.train(cfg)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_n"] == 3 and 0 <= summary["test_err"] <= 100

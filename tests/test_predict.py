@@ -12,6 +12,7 @@ from stnkit.app.cli import main
 from stnkit.train.config import build
 from stnkit.models import create_model, transformers
 from stnkit.app.predict import load_image, predict_files
+from stnkit.train.runs import load_run
 
 FAST = dict(experiment="r", model="st-fcn-affine", batch_size=32, steps_per_epoch=4, epochs=1,
             eval_batch_size=1000, progress=False, lr=0.05)
@@ -19,7 +20,7 @@ FAST = dict(experiment="r", model="st-fcn-affine", batch_size=32, steps_per_epoc
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return engine.train(build({**FAST, "out": str(tmp_path_factory.mktemp("runs"))}), log=lambda *_: None)
+    return engine.train(build({**FAST, "out": str(tmp_path_factory.mktemp("runs"))}))
 
 
 def digits(n: int) -> torch.Tensor:
@@ -39,7 +40,7 @@ def test_cli_prints_the_models_classes_and_writes_the_transformer_output(run, tm
     assert main(["predict", str(run), *map(str, files), "--top", "2"]) == 0
     out = capsys.readouterr().out
 
-    _, model, _ = engine.load_run(run)
+    _, model, _ = load_run(run)
     x = imgs[:, None].float() / 255  # exactly what the files hold
     with torch.no_grad():
         probs = model(x).softmax(1)

@@ -39,7 +39,6 @@ def _grid_2d(B, Ho, Wo, dtype, seed, spread=3.0):
     return ((torch.rand(B, Ho, Wo, 2, generator=g, dtype=torch.float64) * 2 - 1) * spread).to(dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", PADDINGS)
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
@@ -82,7 +81,6 @@ def test_ref_sample_2d_degenerate_sizes(mode, padding_mode, align_corners, size)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", PADDINGS)
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from stnkit.app import reproduce
+from stnkit.app.cli import main
 from stnkit.train.config import save
 
 
@@ -35,14 +36,14 @@ def test_run_writes_markdown_beside_the_paper_and_reuses_finished_rows(tmp_path,
         return run
 
     monkeypatch.setattr("stnkit.train.engine.train", fake_train)
-    path = reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None)
+    path = reproduce.run("tc", "quick", seeds=2, out=str(tmp_path))
     text = path.read_text()
     assert "| cnn | 10.5 ± 0.7 | 3.5 |" in text and "| st-cnn-affine | 2.5 ± 0.7 | 1.7 |" in text
     assert "4.0 min" in text  # 8 runs x 30 s
-    reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None)
+    reproduce.run("tc", "quick", seeds=2, out=str(tmp_path))
     assert len(trained) == 8  # the second call trained nothing
     with pytest.raises(ValueError, match="other settings .*epochs: 30 -> 3"):
-        reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), overrides={"epochs": 3}, log=lambda *_: None)
+        reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), overrides={"epochs": 3})
 
 
 def test_every_paper_table_is_scheduled():
@@ -75,33 +76,61 @@ def test_rows_picks_a_subset_and_names_unknown_patterns(tmp_path, monkeypatch):
         (run / "summary.json").write_text(json.dumps({"test_err": 50.0, "wall_s": 60.0}))
 
     monkeypatch.setattr("stnkit.train.engine.train", fake_train)
-    text = reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"], log=lambda *_: None).read_text()
-    assert "| fcn | 50.0 | 47.7 |" in text and "| cnn | - | 14.7 |" in text and "--rows 'fcn'" in text
+    text = reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"]).read_text()
+    assert "| fcn | 50.0 | 47.7 |" in text and "| cnn | - | 14.7 |" in text and "--rows fcn" in text
     # a run saved before a config key existed holds that key's default: still reused
     conf = tmp_path / "addition-quick/addition/fcn-seed0/config.yaml"
     conf.write_text("\n".join(ln for ln in conf.read_text().splitlines() if not ln.startswith("curriculum_epochs")))
     monkeypatch.setattr("stnkit.train.engine.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
-    reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"], log=lambda *_: None)
+    reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"])
 
 
 def test_coloc_table_scores_iou_and_reuses_finished_runs(tmp_path, monkeypatch):
     trained = []
 
-    def fake_coloc(cfg, digit_class, log=print):
-        trained.append((cfg.experiment, digit_class))
+    def fake_train(cfg, objective=None, resume=False):
+        trained.append((cfg.experiment, cfg.digit_class))
         run = tmp_path / cfg.name
         run.mkdir(parents=True)
         save(cfg, run / "config.yaml")
         iou = 90.0 if cfg.experiment == "coloc" else 60.0
-        (run / "summary.json").write_text(json.dumps({"iou_over_half": iou, "wall_s": 6.0}))
+        (run / "summary.json").write_text(json.dumps({"metric": "iou_over_half", "iou_over_half": iou, "wall_s": 6.0}))
         return run
 
-    monkeypatch.setattr("stnkit.train.coloc.train_coloc", fake_coloc)
-    text = reproduce.run("coloc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None).read_text()
+    monkeypatch.setattr("stnkit.train.engine.train", fake_train)
+    text = reproduce.run("coloc", "quick", seeds=2, out=str(tmp_path)).read_text()
     assert "IoU > 0.5" in text and "| attention ST, triplet loss | 90.0 ± 0.0 | 100.0 | 60.0 ± 0.0 | 75-93 |" in text
     assert trained == [("coloc", 3)] * 2 + [("coloc-clutter", 3)] * 2
-    reproduce.run("coloc", "quick", seeds=2, out=str(tmp_path), log=lambda *_: None)
+    reproduce.run("coloc", "quick", seeds=2, out=str(tmp_path))
     assert len(trained) == 4
+
+
+def fake_engine(tmp_path, monkeypatch, value=lambda cfg: 1.0):
+    def fake_train(cfg, objective=None, resume=False):
+        run = tmp_path / cfg.name
+        run.mkdir(parents=True)
+        save(cfg, run / "config.yaml")
+        (run / "summary.json").write_text(json.dumps({"metric": "test_err", "test_err": value(cfg), "wall_s": 6.0}))
+        return run
+
+    monkeypatch.setattr("stnkit.train.engine.train", fake_train)
+
+
+def test_the_record_holds_every_override_and_flags_cells_that_ran_otherwise(tmp_path, monkeypatch, capsys):
+    fake_engine(tmp_path, monkeypatch, value=lambda cfg: float(cfg.epochs))
+    text = reproduce.run("table1", "quick", out=str(tmp_path), rows=["cnn"], overrides={"epochs": 1}).read_text()
+    assert "Command: `stnkit reproduce table1 --budget quick --rows cnn epochs=1`" in text
+    assert "overrides the `quick` budget: epochs=1" in text and "not the `quick` budget's numbers" in text
+    # a later call fills other rows at the budget's settings: the 1-epoch cells say they differ
+    text = reproduce.run("table1", "quick", out=str(tmp_path), rows=["fcn"]).read_text()
+    assert "| cnn | 1.0* | 1.2 |" in text and "| fcn | 12.0 | 2.1 |" in text
+    assert "r/cnn: epochs: 1 (this command: 12)" in text
+    assert "overrides" not in text
+    # the CLI records exactly what was typed
+    assert main(["reproduce", "tc", "--out", str(tmp_path), "--rows", "cnn", "epochs=2", "lr_steps=[1]"]) == 0
+    text = (tmp_path / "tc-quick.md").read_text()
+    assert "Command: `stnkit reproduce tc --out " in text and "--rows cnn epochs=2 lr_steps=[1]`" in text
+    assert "epochs=2, lr_steps=[1]" in text
 
 
 def test_cub_without_files_says_where_to_put_them(tmp_path, capsys):

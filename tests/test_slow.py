@@ -9,7 +9,7 @@ from stnkit.app.demo import demo
 @pytest.mark.slow
 def test_demo_st_cnn_beats_the_cnn_on_rts(tmp_path):
     """The paper's claim on the embedded default: about 2 minutes on 2 CPU cores."""
-    out = demo(out=str(tmp_path), log=lambda *_: None)
+    out = demo(out=str(tmp_path))
     cnn = json.loads((out / "cnn" / "summary.json").read_text())
     st = json.loads((out / "st-cnn-affine" / "summary.json").read_text())
     assert st["test_err"] < cnn["test_err"]

@@ -5,9 +5,10 @@ import torch
 
 from stnkit.train import engine
 from stnkit.train.config import build
+from stnkit.train.runs import load_run
+from stnkit.train.objectives import Classification
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = pytest.mark.cuda  # skipped without a GPU (conftest.py)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -15,7 +16,7 @@ def test_training_on_the_gpu(tmp_path, bf16):
     cfg = build({"experiment": "rts", "model": "st-cnn-affine", "st_size": "half", "batch_size": 64,
                  "steps_per_epoch": 20, "epochs": 2, "optimizer": "adam", "lr": 0.002, "bf16": bf16,
                  "progress": False, "out": str(tmp_path)})
-    run = engine.train(cfg, log=lambda *_: None)
-    _, model, test = engine.load_run(run)  # loads on the CPU
-    m = engine.evaluate(model, test, 500)
+    run = engine.train(cfg)
+    _, model, test = load_run(run)  # loads on the CPU
+    m = Classification().evaluate(model, test, 500)
     assert m["test_err"] < 85 and next(model.parameters()).device.type == "cpu"

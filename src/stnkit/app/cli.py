@@ -1,7 +1,11 @@
-"""The command line: `stnkit demo|train|eval|show|export|predict|reproduce|data`. Parses, then calls the library."""
+"""The command line: `stnkit demo|train|eval|show|export|predict|reproduce|data`. Parses, then calls
+the library. Expected errors print one line and exit 2 (STNKIT_TRACEBACK=1 shows the traceback);
+an interrupted run exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -32,14 +36,28 @@ def _data_download(args) -> int:
     from ..data import data_dir, download
 
     root = data_dir(args.data_dir) / "mnist"
-    paths = download(root, progress=print)
+    paths = download(root, progress=logging.getLogger("stnkit").info)
     print(f"MNIST is in {root} ({len(paths)} files, SHA-256 verified)")
     return 0
 
 
-def _config_from(args):
-    from ..train.config import CONFIGS, build, load_file, parse_override
+def _explicit(args) -> dict:
+    """The settings given on the command line: key=value overrides, the experiment and --model."""
+    from ..train.config import parse_override
 
+    over = dict(parse_override(o) for o in args.overrides)
+    if args.experiment is not None:
+        over["experiment"] = args.experiment
+    if args.model:
+        over["model"] = args.model
+    return over
+
+
+def _config_from(args):
+    from ..train.config import CONFIGS, build, load_file
+
+    if args.experiment is None:
+        raise ValueError("name an experiment (stnkit data list), or continue a run with --resume RUN_FOLDER")
     base = {}
     if args.config:
         base = load_file(args.config)
@@ -47,71 +65,76 @@ def _config_from(args):
         base = load_file(CONFIGS / f"{args.experiment}.yaml")
     elif (CONFIGS / f"table1-{args.experiment}.yaml").is_file():
         base = load_file(CONFIGS / f"table1-{args.experiment}.yaml")
-    over = dict(parse_override(o) for o in args.overrides)
-    over["experiment"] = args.experiment
-    if args.model:
-        over["model"] = args.model
-    return build(base, over)
+    return build(base, _explicit(args))
+
+
+def _resume_target(args) -> tuple[Path | None, dict]:
+    """--resume: (the run folder to continue or None when it does not exist yet, the explicit
+    settings). The positional is a run folder (holding config.yaml) or an experiment name."""
+    from ..train import runs
+
+    if args.config:
+        raise ValueError("--resume continues the run folder's own config.yaml; give changes as key=value, not --config")
+    if args.experiment is not None and (Path(args.experiment) / runs.CONFIG).is_file():
+        return Path(args.experiment), _explicit(argparse.Namespace(**{**vars(args), "experiment": None}))
+    if args.experiment is not None and ("/" in args.experiment or Path(args.experiment).is_dir()):
+        runs.read_config(args.experiment)  # says what the folder is instead
+    run_dir = runs.run_dir_of(_config_from(args))
+    return (run_dir if runs.holds_run(run_dir) else None), _explicit(args)
 
 
 def _torchrun(args) -> int:
     """`stnkit train --nproc N ...` = `torchrun --standalone --nproc_per_node=N -m stnkit train ...`."""
-    import subprocess
+    from .launch import torchrun
 
-    argv = [args.experiment, *(["--model", args.model] if args.model else []),
+    argv = [*([args.experiment] if args.experiment else []), *(["--model", args.model] if args.model else []),
             *(["--config", args.config] if args.config else []), *(["--resume"] if args.resume else []),
             *args.overrides]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "stnkit", "train", *argv]
-    print("running: " + " ".join(cmd[1:]), flush=True)
-    return subprocess.call(cmd)
+    return torchrun(args.nproc, ["train", *argv])
 
 
 def _train(args) -> int:
-    import os
-
-    from ..train.engine import train
+    from ..train import engine, runs
+    from ..train.objectives import objective_for
 
     if args.nproc is not None and args.nproc < 1:
         raise ValueError(f"--nproc must be a positive number of processes, got {args.nproc}")
+    if args.resume:
+        run_dir, over = _resume_target(args)
+        cfg = runs.read_config(run_dir) if run_dir else _config_from(args)
+    else:
+        cfg = _config_from(args)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _config_from(args)  # bad settings fail here, once, before any process starts
+        if not objective_for(cfg).distributed:  # bad settings fail here, once, before any process starts
+            raise ValueError(f"{cfg.experiment} trains in one process only ({objective_for(cfg).why_one_process}); "
+                             "drop --nproc")
         return _torchrun(args)
-    cfg = _config_from(args)
-    if cfg.experiment.startswith("coloc"):
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise ValueError("co-localisation training runs in one process; start it without torchrun/--nproc")
-        from ..train.coloc import train_coloc
-
-        train_coloc(cfg, 3 if cfg.digit_class is None else cfg.digit_class)
-        return 0
-    train(cfg, resume=args.resume)
+    if args.resume and run_dir is not None:
+        engine.resume(run_dir, over)
+    else:
+        if args.resume:
+            logging.getLogger("stnkit").info(f"no run in {runs.run_dir_of(cfg)} yet: starting it")
+        engine.train(cfg, resume=args.resume)
     return 0
 
 
 def _eval(args) -> int:
-    from ..train.engine import evaluate, load_run
+    from ..train.objectives import objective_for
+    from ..train.runs import load_run
 
     cfg, model, test = load_run(args.run)
-    m = evaluate(model, test, cfg.eval_batch_size)
-    print(f"{args.run}: {cfg.model} on {cfg.experiment} test error {m['test_err']:.2f}% "
-          f"(loss {m['test_loss']:.4f}, {m['test_n']} images)")
+    objective = objective_for(cfg)
+    m = objective.evaluate(model, test, cfg.eval_batch_size)
+    print(f"{args.run}: {cfg.model} on {cfg.experiment}: {objective.describe(m)}")
     return 0
 
 
 def _show(args) -> int:
-    from ..train.config import load_file
-    from ..train.engine import load_run
+    from ..train.runs import load_run
     from .figures import transformer_figure
     from .plots import write_png
 
-    conf = Path(args.run) / "config.yaml"
-    if conf.is_file() and str(load_file(conf).get("experiment", "")).startswith("coloc"):
-        from ..train.coloc import load_coloc_run
-
-        cfg, model, test = load_coloc_run(args.run)
-    else:
-        cfg, model, test = load_run(args.run)
+    cfg, model, test = load_run(args.run)
     out = Path(args.out or Path(args.run) / "transformers.png")
     write_png(out, transformer_figure(model, test.sample(args.n, seed=args.seed).x))
     print(f"wrote {out}: {args.n} test inputs with the region each transformer sampled, then its output")
@@ -130,10 +153,14 @@ def _export(args) -> int:
 
 
 def _predict(args) -> int:
-    from ..train.engine import load_run
+    from ..train.objectives import objective_for
+    from ..train.runs import load_run
     from .predict import predict_files
 
-    _, model, _ = load_run(args.run)
+    cfg, model, _ = load_run(args.run)
+    if not objective_for(cfg).classifies:
+        raise ValueError(f"{args.run} is a {cfg.experiment} run: its model crops, it has no classes to predict; "
+                         f"see what it crops with: stnkit show {args.run}")
     for r in predict_files(model, args.images, args.out, top=args.top, invert=args.invert):
         best = ", ".join(f"{c} ({p:.3f})" for c, p in r["top"])
         print(f"{r['file']}: {best}" + "".join(f"\n  transformer output: {w}" for w in r["warped"]))
@@ -153,22 +180,29 @@ def _reproduce(args) -> int:
 
     rows = [r for r in args.rows.split(",") if r] if args.rows else None
     run(args.table, args.budget, args.seeds, args.out, dict(parse_override(o) for o in args.overrides), real=args.real,
-        rows=rows)
+        rows=rows, command=" ".join(["stnkit", *(args.argv or [])]))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     p = argparse.ArgumentParser(prog="stnkit", description="Spatial Transformer Networks for PyTorch.")
+    p.add_argument("--version", action="version", version=f"stnkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="CNN vs ST-CNN on RTS-distorted MNIST in a few minutes, with a figure")
     d.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
     d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
     d.set_defaults(func=_demo)
-    t = sub.add_parser("train", help="train a model on an experiment's dataset")
-    t.add_argument("experiment", help="dataset name (stnkit data list), e.g. rts, tc, addition")
+    t = sub.add_parser("train", help="train a model on an experiment's dataset, or continue a run")
+    t.add_argument("experiment", nargs="?",
+                   help="dataset name (stnkit data list), e.g. rts, tc, addition; with --resume also a run folder")
     t.add_argument("--model", help="model name (default: the experiment config's)")
     t.add_argument("--config", help="a YAML config file (default: the experiment's shipped config)")
-    t.add_argument("--resume", action="store_true", help="continue the run from its newest good checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run (a run folder, or the one EXPERIMENT --model ... names) from its newest good "
+                        "checkpoint, with its own config.yaml; key=value may only extend epochs or change "
+                        "threads, progress, checkpointing, eval_batch_size, data_dir, device")
     t.add_argument("--nproc", type=int, default=None,
                    help="data-parallel processes on this machine (runs torchrun --standalone; gloo on CPU, NCCL on GPUs)")
     t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=5 lr=0.05")
@@ -226,19 +260,56 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Console(logging.Handler):
+    """stnkit's log lines on the console of the moment: info on stdout, warnings on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        stream.write(self.format(record) + "\n")
+        stream.flush()
+
+
+def _console_logging() -> None:
+    logger = logging.getLogger("stnkit")
+    if not any(isinstance(h, _Console) for h in logger.handlers):
+        handler = _Console()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _fail(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # one voice for a multi-process run
+        print(f"stnkit: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .._io import MissingDependency
+    from ..train.stops import TrainingInterrupted
+
     p = parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = p.parse_known_args(argv)
+    args.argv = argv
     # key=value overrides may stand anywhere after the command (argparse keeps only the first run)
     bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    _console_logging()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"stnkit: error: {e}", file=sys.stderr)
+    except TrainingInterrupted as e:  # a checkpoint was saved, and the engine said so and how to go on
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        _fail("interrupted (a second Ctrl-C, or before training started): nothing more was saved; "
+              "an interrupted run continues from its last checkpoint with stnkit train --resume RUN")
+        return 130
+    except (ValueError, OSError, RuntimeError, MissingDependency) as e:
+        if os.environ.get("STNKIT_TRACEBACK"):
+            raise
+        _fail(f"error: {e}")
         return 2
 
 

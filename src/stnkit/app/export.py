@@ -46,9 +46,9 @@ def _restore(model: nn.Module, saved: list) -> None:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, opset: int = OPSET,
-                dynamo: bool = True) -> Path:
+                dynamo: bool = True, output: str = "logits") -> Path:
     """Write `model` as one ONNX file at path: input "x" (batch, *example.shape[1:]), output
-    "logits" (batch, ...). example: (B, C, H, W) or (B, C, D, H, W), a few real inputs."""
+    `output` (batch, ...). example: (B, C, H, W) or (B, C, D, H, W), a few real inputs."""
     _need("onnx", *(["onnxscript"] if dynamo else []))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,14 +61,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
             warnings.simplefilter("ignore")  # tracer, deprecation and side-effect notes: the check below is what counts
             if dynamo:
                 torch.onnx.export(
-                    model, (example,), str(path), dynamo=True, input_names=["x"], output_names=["logits"],
+                    model, (example,), str(path), dynamo=True, input_names=["x"], output_names=[output],
                     dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset,
                     external_data=False, verbose=False,
                 )
             else:
                 torch.onnx.export(
-                    model, (example,), str(path), dynamo=False, input_names=["x"], output_names=["logits"],
-                    dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                    model, (example,), str(path), dynamo=False, input_names=["x"], output_names=[output],
+                    dynamic_axes={"x": {0: "batch"}, output: {0: "batch"}}, opset_version=opset,
                 )
     except Exception as e:
         raise RuntimeError(f"ONNX export of {type(model).__name__} failed: {type(e).__name__}: {e}") from e
@@ -124,7 +124,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     """Export the newest good weights of a run folder to out (default RUN/model.onnx or
     RUN/model.pt), then compare the file with PyTorch on the first `check` test images (0: skip).
     -> {"path", "model", "format", "input", "checked", "max_abs_diff"} (the last None if unchecked)."""
-    from ..train.engine import load_run
+    from ..train.objectives import objective_for
+    from ..train.runs import load_run
 
     if fmt not in SUFFIX:
         raise ValueError(f"format must be one of {list(SUFFIX)}, got {fmt!r}")
@@ -132,7 +133,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     x = next(test.batches(max(check, 2), shuffle=False)).x  # (N, C, H, W): the first test images
     path = Path(out) if out else Path(run_dir) / f"model{SUFFIX[fmt]}"
     if fmt == "onnx":
-        export_onnx(model, x[:2], path, dynamo=dynamo)
+        # a co-localisation model outputs the kept transformer's crops, not class scores
+        export_onnx(model, x[:2], path, dynamo=dynamo, output="logits" if objective_for(cfg).classifies else "crops")
     else:
         export_torchscript(model, x[:2], path)
     diff = max_abs_diff(model, runner(path, fmt), x[:check]) if check > 0 else None

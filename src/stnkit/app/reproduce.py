@@ -3,11 +3,20 @@ numbers beside the published ones as markdown."""
 from __future__ import annotations
 
 import fnmatch
-import json
+import logging
+import shlex
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..train.config import CONFIGS, build, load_file
+import yaml
+
+from .._io import atomic_write
+from ..train import engine, runs
+from ..train.config import CONFIGS, build, diff, load_file
+from ..train.runs import run_dir_of
+
+log = logging.getLogger("stnkit")
 
 
 # Published % test errors (SPEC 3.1 Table 1, TC, 3.4 Table 4).
@@ -87,62 +96,104 @@ def jobs(table: str, budget: str, seeds: int | None = None, out: str = "runs/rep
     return out_jobs
 
 
-def _cell(errs: list[float]) -> str:
-    if not errs:
+def _cell(values: list[float]) -> str:
+    if not values:
         return "-"
-    if len(errs) == 1:
-        return f"{errs[0]:.1f}"
-    return f"{statistics.mean(errs):.1f} ± {statistics.stdev(errs):.1f}"
-
-
-def markdown(table: str, results: dict, wall_s: float, command: str) -> str:
-    """results: {(column, model): [errors]} -> our numbers beside the paper's; wall_s: the summed
-    training time of every run."""
-    columns = [c for _, c, _ in TABLES[table]]
-    paper = {c: rows for _, c, rows in TABLES[table]}
-    models = list(dict.fromkeys(m for _, _, rows in TABLES[table] for m in rows))
-    head = "| model | " + " | ".join(f"{c.upper()} ours | {c.upper()} paper" for c in columns) + " |"
-    lines = [head, "|---|" + "---|---|" * len(columns)]
-    for m in models:
-        cells = [f"{_cell(results.get((c, m), []))} | {_paper(paper[c].get(m))}" for c in columns]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return (f"{METRIC.get(table, '% test error')}. Command: `{command}`; training time, all runs together: "
-            f"{wall_s / 60:.1f} min.\n\n" + "\n".join(lines) + "\n")
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def _paper(v) -> str:
     return "-" if v is None else str(v)
 
 
-def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = "runs/reproduce",
-        overrides=None, log=print, real: bool = False, rows: list[str] | None = None) -> Path:
-    from ..train import engine
+def _value(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
-    results: dict = {}
-    wall = 0.0
+
+def command_line(table: str, budget: str, seeds=None, overrides=None, real=False, rows=None) -> str:
+    """The `stnkit reproduce` command that schedules exactly these runs, every override included."""
+    over = " ".join(f"{k}={shlex.quote(_value(v))}" for k, v in (overrides or {}).items())
+    return (f"stnkit reproduce {table} --budget {budget}" + (f" --seeds {seeds}" if seeds else "")
+            + (" --real" if real else "") + (f" --rows {shlex.quote(','.join(rows))}" if rows else "")
+            + (f" {over}" if over else ""))
+
+
+@dataclass
+class Cell:
+    """The finished runs of one (column, row) of a table."""
+
+    values: list[float] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    wall_s: float = 0.0
+    other: list[str] = field(default_factory=list)  # "key: ran -> this command's" per run that ran otherwise
+
+
+def collect(table: str, budget: str, seeds=None, out: str = "runs/reproduce", overrides=None,
+            real: bool = False) -> dict[tuple[str, str], Cell]:
+    """Every finished run of the table's cells under `out` (of this call or an earlier one), each
+    value read from its run's summary.json and its settings compared with this command's."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for column, model, cfg in jobs(table, budget, seeds, out, overrides, real):
+        run_dir = run_dir_of(cfg)
+        done = runs.summary(run_dir)
+        if done is None:
+            continue
+        cell = cells.setdefault((column, model), Cell())
+        cell.values.append(done[done.get("metric") or ("iou_over_half" if table == "coloc" else "test_err")])
+        cell.folders.append(run_dir)
+        cell.wall_s += done.get("wall_s", 0.0)
+        ran = diff(runs.read_config(run_dir), cfg)
+        cell.other += [f"{k}: {a!r} (this command: {b!r})" for k, (a, b) in ran.items() if k not in ("progress", "threads")]
+    return cells
+
+
+def markdown(table: str, cells: dict[tuple[str, str], Cell], command: str, budget: str = "quick",
+             overrides=None) -> str:
+    """Our numbers beside the paper's, the command, where each cell's runs are, and what ran
+    otherwise than the budget says."""
+    columns = [c for _, c, _ in TABLES[table]]
+    paper = {c: rows for _, c, rows in TABLES[table]}
+    models = list(dict.fromkeys(m for _, _, rows in TABLES[table] for m in rows))
+    head = "| model | " + " | ".join(f"{c.upper()} ours | {c.upper()} paper" for c in columns) + " |"
+    lines = [head, "|---|" + "---|---|" * len(columns)]
+    for m in models:
+        marks = [("*" if (c, m) in cells and cells[(c, m)].other else "") for c in columns]
+        vals = [_cell(cells[(c, m)].values) if (c, m) in cells else "-" for c in columns]
+        lines.append(f"| {m} | " + " | ".join(f"{v}{k} | {_paper(paper[c].get(m))}" for v, k, c in zip(vals, marks, columns))
+                     + " |")
+    wall = sum(c.wall_s for c in cells.values())
+    notes = []
+    if overrides:
+        notes.append(f"Every run of this command overrides the `{budget}` budget: "
+                     + ", ".join(f"{k}={_value(v)}" for k, v in overrides.items())
+                     + f". These are not the `{budget}` budget's numbers.")
+    other = [(key, cell) for key, cell in cells.items() if cell.other]
+    if other:
+        notes.append("Cells marked * hold runs made with other settings than this command's (an earlier call): "
+                     + "; ".join(f"{c}/{m}: {', '.join(dict.fromkeys(cell.other))}" for (c, m), cell in other) + ".")
+    folders = [f"- {c} / {m}: " + ", ".join(f"`{f}`" for f in cell.folders) for (c, m), cell in cells.items()]
+    return (f"{METRIC.get(table, '% test error')}. Command: `{command}`; training time, all runs together: "
+            f"{wall / 60:.1f} min.\n\n" + "\n".join(lines) + "\n"
+            + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
+            + ("\nRun folders (each cell's number is read from their summary.json):\n\n" + "\n".join(folders) + "\n"
+               if folders else ""))
+
+
+def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = "runs/reproduce",
+        overrides=None, real: bool = False, rows: list[str] | None = None, command: str | None = None) -> Path:
+    """Train every unfinished run of the table (finished ones are reused: a stopped reproduce
+    picks up where it was), then write OUT/TABLE-BUDGET.md. command: the command line to record
+    (default: the one that schedules exactly these runs)."""
     todo = jobs(table, budget, seeds, out, overrides, real, rows)
     for k, (column, model, cfg) in enumerate(todo, 1):
-        log(f"[{k}/{len(todo)}] {column}: {model} seed {cfg.seed}"
-            + (f" digit class {cfg.digit_class}" if table == "coloc" else ""))
-        summary = engine.run_dir_of(cfg) / "summary.json"
-        if not engine.finished(cfg):  # finished rows are kept: a stopped reproduce picks up here
-            if table == "coloc":
-                from ..train.coloc import train_coloc
-
-                train_coloc(cfg, cfg.digit_class, log=log)
-            else:
-                engine.train(cfg, resume=True, log=log)
-        done = json.loads(summary.read_text())
-        results.setdefault((column, model), []).append(done["iou_over_half" if table == "coloc" else "test_err"])
-        wall += done["wall_s"]
-    command = (f"stnkit reproduce {table} --budget {budget}" + (f" --seeds {seeds}" if seeds else "")
-               + (" --real" if real else "")
-               + (f" --rows '{','.join(rows)}'" if rows else ""))
-    md = markdown(table, results, wall, command)
-    path = Path(out) / f"{table}-{budget}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(md)
-    log(md)
+        log.info(f"[{k}/{len(todo)}] {column}: {model} seed {cfg.seed}"
+                 + (f" digit class {cfg.digit_class}" if table == "coloc" else ""))
+        if not runs.finished(cfg):
+            engine.train(cfg, resume=True)
+    command = command or command_line(table, budget, seeds, overrides, real, rows)
+    md = markdown(table, collect(table, budget, seeds, out, overrides, real), command, budget, overrides)
+    path = atomic_write(Path(out) / f"{table}-{budget}.md", md)
+    log.info(md)
     return path
-
-

@@ -8,7 +8,7 @@ Choices where the paper is unconfirmed:
   16 random 6x6 crops of other digits. The box is the digit's 28x28 frame where it was placed
   (which holds all its ink), (x0, y0, x1, y1) in pixels, x1/y1 exclusive: the ground truth of
   the paper's IoU > 0.5 measure. `spread` < 1 narrows the placement to that share of the
-  range around the centre: a training curriculum (stnkit.coloc), never used for testing.
+  range around the centre: a training curriculum (stnkit.train.coloc), never used for testing.
 - 3d: the digit extruded to 8 voxels thick in a 28^3 volume, then rotated about x and y by
   uniform [-30, 30] deg and about z by [-45, 45] deg, scaled by [0.8, 1.1], and centred
   uniformly where it stays inside the 60^3 output volume.

@@ -6,6 +6,7 @@ reported and skipped."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,7 +17,10 @@ from safetensors.torch import load_file, save_file
 
 from .._io import sha256
 
+log = logging.getLogger("stnkit")
+
 MODEL, EXTRA, STATE = "model.safetensors", "extra.safetensors", "state.json"
+EXTRA_PREFIX = "x."
 
 
 class CheckpointError(RuntimeError):
@@ -64,9 +68,10 @@ def set_rng_states(tensors: dict[str, torch.Tensor], rank: int = 0) -> None:
 
 
 def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-         rng: list[torch.Tensor] | None = None) -> Path:
+         rng: list[torch.Tensor] | None = None, extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint to `folder` atomically (temporary folder + rename). rng: every
-    process's CPU RNG state in a data-parallel job (default: this process's)."""
+    process's CPU RNG state in a data-parallel job (default: this process's); extra: more
+    tensors to keep (an objective's RNG streams), given back by `load` as state["extra"]."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -74,7 +79,8 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / MODEL))
         tensors, meta = _split_optimizer(optimizer.state_dict())
-        save_file({**tensors, **rng_states(rng)}, str(tmp / EXTRA))
+        mine = {f"{EXTRA_PREFIX}{k}": v.detach().cpu().contiguous() for k, v in (extra or {}).items()}
+        save_file({**tensors, **rng_states(rng), **mine}, str(tmp / EXTRA))
         full = {**state, "optimizer": meta, "sha256": {MODEL: sha256(tmp / MODEL), EXTRA: sha256(tmp / EXTRA)}}
         with open(tmp / STATE, "w") as f:
             json.dump(full, f)
@@ -111,7 +117,7 @@ def verify(folder: Path) -> dict:
 def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
          rank: int = 0) -> dict:
     """Restore weights (and optimizer and this process's RNG states) from a verified checkpoint;
-    -> its state."""
+    -> its state, with the `extra` tensors given to save() under "extra" when optimizer is given."""
     folder = Path(folder)
     state = verify(folder)
     model.load_state_dict(load_file(str(folder / MODEL)))
@@ -119,6 +125,7 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer 
         extra = load_file(str(folder / EXTRA))
         optimizer.load_state_dict(_join_optimizer(extra, state["optimizer"]))
         set_rng_states(extra, rank)
+        state["extra"] = {k[len(EXTRA_PREFIX):]: v for k, v in extra.items() if k.startswith(EXTRA_PREFIX)}
     return state
 
 
@@ -131,14 +138,14 @@ def candidates(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
 
-def latest_good(run_dir: Path, warn=print) -> Path | None:
+def latest_good(run_dir: Path, warn=None) -> Path | None:
     """The newest checkpoint that verifies; damaged newer ones are reported with their file."""
     for folder in candidates(run_dir):
         try:
             verify(folder)
             return folder
         except CheckpointError as e:
-            warn(f"skipping damaged checkpoint: {e}")
+            (warn or log.warning)(f"skipping damaged checkpoint: {e}")
     return None
 
 

@@ -1,95 +1,49 @@
-"""Co-localisation (SPEC 3.5): given only images that each hold a digit of one (unknown) class,
-an attention ST learns to crop that digit, with the paper's triplet hinge loss: the crops of two
-different images must be closer, in a digit encoder's embedding, than a crop and a random patch
-of the same image, by a margin of 1. Scored by the fraction of images whose crop has IoU > 0.5
-with the digit's true box.
+"""Co-localisation (SPEC 3.5) as an objective of the one engine: given only images that each hold
+a digit of one (unknown) class, attention transformers learn to crop that digit with the paper's
+triplet hinge loss: the crops of two different images must be closer, in a digit encoder's
+embedding, than a crop and a random patch of the same image, by a margin of 1. Scored by the
+share of test images whose crop has IoU > 0.5 with the digit's true box.
 
-Choices where the paper is unconfirmed, and why (measurements in docs/results.md):
-- The embedding e() is a digit CNN's class probabilities: the CNN is first trained as a digit
+Choices where the paper is unconfirmed, and why (measurements in docs/results.md; the model's
+own choices in stnkit.models.coloc):
+- The embedding is a digit CNN's class probabilities: the CNN is first trained as a digit
   classifier on the training digits of all classes (28x28, ENCODER_EPOCHS epochs), then frozen.
   Probabilities are bounded (squared distances at most 2), which gives the margin of 1 its
   meaning, and crops of one class's digits agree on them. On the CNN's penultimate features
-  instead, crops of one fixed empty corner score a lower loss than crops exactly on the digits,
-  so no optimiser can find the digits. The softmax runs at temperature 2: at 1 the classifier's
-  confident probabilities saturate, the gradient that should move a crop onto its digit
-  vanishes, and for some classes (the 7s) the transformer never learned to move.
-- The ST starts as a digit-sized (28 px) crop of the canvas centre, its scale bounded to 0.6-1.8
-  times that and its centre kept where a digit-sized crop stays inside the canvas.
+  instead, crops of one fixed empty corner score a lower loss than crops exactly on the digits.
 - A placement curriculum (`curriculum_epochs`): training digits start at the canvas centre and
   their placement range widens linearly to the whole canvas over that many epochs. Without it
   the crops head for an empty region: an empty crop has no gradient (no ink moves under it), and
   while most crops miss their digits the pair term pulls the others off theirs too. Test images
   always use the whole canvas.
+- `restarts=N` trains N transformers side by side (each on its own loss, so each trains exactly
+  as it would alone) and keeps the one whose training loss over the last 10 epochs is lowest: a
+  choice made without labels or test images.
 """
 from __future__ import annotations
 
-import json
-import time
+import logging
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RunConfig
-from .config import save as save_config
 from ..data import make_dataset
 from ..data.batching import _seed
 from ..data.sources import load_digits
-from .engine import _progress
 from ..functional.coords import box_to_pixels
-from ..layers import SpatialTransformer, conv_localisation
-from ..models.mnist import cnn
+from ..layers import SpatialTransformer
+from ..models import create_model
+from ..models.coloc import CROP, TEMPERATURE
+from ..warp import warp
+from .config import RunConfig
 
-CROP = 28
-
-
-def coloc_transformer(canvas: int = 84) -> SpatialTransformer:
-    s = CROP / canvas  # a digit-sized crop at the canvas centre to start
-    return SpatialTransformer(conv_localisation(1, (canvas, canvas)), "attention", (CROP, CROP), init=[s, 0.0, 0.0],
-                              bounds={"scale": (0.6 * s, 1.8 * s), "translation": (s - 1, 1 - s)})
-
+log = logging.getLogger("stnkit")
 
 ENCODER_EPOCHS = 2
-TEMPERATURE = 2.0  # softmax(logits / 2): see Temperature
-
-
-def encoder(cfg: RunConfig, log=print) -> nn.Module:
-    """A digit CNN trained briefly on the training digits of every class, then frozen;
-    -> (B, 10) class probabilities."""
-    digits = load_digits(cfg.source, "train", cfg.data_dir)
-    net = cnn((1, CROP, CROP), 10, 16)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(cfg.seed)
-    x_all, y_all = digits.images.float().div(255)[:, None], digits.labels
-    for _ in range(ENCODER_EPOCHS):
-        order = torch.randperm(len(y_all), generator=g)
-        for i in range(0, len(order) - 63, 64):
-            idx = order[i:i + 64]
-            loss = F.cross_entropy(net(x_all[idx]), y_all[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    log(f"encoder: digit CNN trained {ENCODER_EPOCHS} epochs on {len(y_all)} digits, frozen; "
-        f"embedding = class probabilities at temperature {TEMPERATURE:g}")
-    return nn.Sequential(net, Temperature(TEMPERATURE), nn.Softmax(dim=1)).eval()
-
-
-class Temperature(nn.Module):
-    """logits / t: a softened softmax keeps gradients where a confident classifier's saturate."""
-
-    def __init__(self, t: float):
-        super().__init__()
-        self.t = t
-
-    def forward(self, logits):
-        return logits / self.t
-
-    def extra_repr(self) -> str:
-        return f"t={self.t:g}"
+TAIL = 10  # epochs of training loss a restart is judged by
+DIGIT_CLASS = 3  # the image set when digit_class is not given
 
 
 def crop_boxes(params: torch.Tensor, canvas: int) -> torch.Tensor:
@@ -116,46 +70,31 @@ def triplet_loss(e_crop: torch.Tensor, e_rand: torch.Tensor, margin: float = 1.0
 
 def random_patches(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """A random CROP x CROP patch of each image (B, 1, H, W) -> (B, 1, CROP, CROP)."""
-    from ..warp import warp
-
     B, _, H, _ = x.shape
     s = CROP / H
     t = (torch.rand(B, 2, generator=g) * 2 - 1) * (1 - s)
-    return warp(x, torch.cat([torch.full((B, 1), s), t], 1).to(x.dtype), "attention", (CROP, CROP))
+    params = torch.cat([torch.full((B, 1), s), t], 1).to(device=x.device, dtype=x.dtype)
+    return warp(x, params, "attention", (CROP, CROP))
 
 
 @torch.no_grad()
-def crop_stats(st: SpatialTransformer, dataset, batch_size: int = 200) -> dict:
+def crop_stats(st: SpatialTransformer, dataset, batch_size: int = 200, device=None) -> dict:
     """How the crops sit on the digits: {"iou_over_half": % of images whose crop has IoU > 0.5
     with the digit's box, "centre_err_px": mean distance of crop and box centres, "crop_px":
-    mean crop side}."""
+    mean crop side, "test_n": images}."""
     hits, err, side, n = 0, 0.0, 0.0, 0
     for b in dataset.batches(batch_size, shuffle=False):
-        st(b.x)
-        crop = crop_boxes(st.last_params, b.x.shape[-1])
+        x = b.x if device is None else b.x.to(device)
+        st(x)
+        crop = crop_boxes(st.last_params.cpu(), b.x.shape[-1])
         box = b.box.float()
         hits += int((iou(crop, box) > 0.5).sum())
         err += float(((crop[:, :2] + crop[:, 2:]) / 2 - (box[:, :2] + box[:, 2:]) / 2).norm(dim=1).sum())
         side += float((crop[:, 2] - crop[:, 0]).sum())
         n += len(b.y)
-    n = max(n, 1)
-    return {"iou_over_half": 100.0 * hits / n, "centre_err_px": round(err / n, 2), "crop_px": round(side / n, 2)}
-
-
-def load_coloc_run(run_dir: str | Path) -> tuple[RunConfig, SpatialTransformer, object]:
-    """(config, trained transformer, test dataset) of a finished co-localisation run."""
-    from .config import build, load_file
-
-    run_dir = Path(run_dir)
-    cfg = build(load_file(run_dir / "config.yaml"))
-    weights = run_dir / "transformer.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{run_dir} has no transformer.pt: the co-localisation run did not finish; train it again")
-    test_ds = make_dataset(cfg.experiment, "test", source=cfg.source, seed=cfg.seed, root=cfg.data_dir,
-                           digit_class=3 if cfg.digit_class is None else cfg.digit_class)
-    st = coloc_transformer(test_ds.task.canvas)
-    st.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return cfg, st.eval(), test_ds
+    m = max(n, 1)
+    return {"iou_over_half": 100.0 * hits / m, "centre_err_px": round(err / m, 2), "crop_px": round(side / m, 2),
+            "test_n": n}
 
 
 def spread_at(epoch: int, curriculum_epochs: int) -> float:
@@ -164,79 +103,133 @@ def spread_at(epoch: int, curriculum_epochs: int) -> float:
     return 1.0 if curriculum_epochs <= 0 else min(1.0, epoch / curriculum_epochs)
 
 
-def train_coloc(cfg: RunConfig, digit_class: int = 3, log=print) -> Path:
-    """Train the co-localising ST on one class's images (cfg.experiment: coloc | coloc-clutter);
-    writes config.yaml, metrics.jsonl, summary.json, transformer.pt and transformers.png.
-
-    cfg.restarts > 1 trains that many transformers from different starts and keeps the one
-    whose training loss ended lowest: a choice made without labels or test images."""
-    torch.manual_seed(cfg.seed)
-    run_dir = Path(cfg.out) / (cfg.name or f"{cfg.experiment}-class{digit_class}-seed{cfg.seed}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    kw = dict(source=cfg.source, seed=cfg.seed, root=cfg.data_dir, digit_class=digit_class)
-    train_ds, test_ds = make_dataset(cfg.experiment, "train", **kw), make_dataset(cfg.experiment, "test", **kw)
-    enc = encoder(cfg, log)
-    t0 = time.perf_counter()
-    fits = []
-    for r in range(cfg.restarts):
-        if r > 0:  # restart 0 starts exactly as a run without restarts
-            torch.manual_seed(_seed(cfg.seed, "restart", r))
-        st, tail, stats = _fit(cfg, r, train_ds, test_ds, enc, run_dir, t0, log, digit_class)
-        fits.append((tail, r, st, stats))
-    tail, r, st, stats = min(fits, key=lambda f: f[0])
-    if cfg.restarts > 1:
-        log(f"kept restart {r + 1} of {cfg.restarts}: final training loss {tail:.4f} "
-            f"(the others: {', '.join(f'{f[0]:.4f}' for f in fits if f[1] != r)})")
-    summary = {"experiment": cfg.experiment, "digit_class": digit_class, "iou_over_half": stats["iou_over_half"],
-               "test_n": len(test_ds), "wall_s": round(time.perf_counter() - t0, 1), "restart": r,
-               "restarts": [{"restart": f[1], "final_loss": round(f[0], 4), "iou_over_half": f[3]["iou_over_half"]}
-                            for f in fits]}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    torch.save(st.state_dict(), run_dir / "transformer.pt")
-    from ..app.figures import transformer_figure
-    from ..app.plots import write_png
-
-    write_png(run_dir / "transformers.png", transformer_figure(st, test_ds.sample(12, seed=1).x, ncol=4))
-    return run_dir
-
-
-def _fit(cfg: RunConfig, restart: int, train_ds, test_ds, enc, run_dir: Path, t0: float, log, digit_class: int):
-    """One transformer trained from the current RNG state -> (it, its mean training loss over
-    the last 10 epochs, its test crop_stats)."""
-    task = replace(train_ds.task, spread=1.0)
-    st = coloc_transformer(task.canvas)
-    opt = torch.optim.Adam(st.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed + 1 if restart == 0 else _seed(cfg.seed, "patches", restart))
-    every = max(1, cfg.epochs // 10)
-    tag = f" restart {restart + 1}/{cfg.restarts}" if cfg.restarts > 1 else ""
-    bar = _progress(cfg.epochs, f"coloc class {digit_class}{tag}", cfg.progress)
-    losses = []
-    for epoch in range(cfg.epochs):
-        spread = spread_at(epoch, cfg.curriculum_epochs)
-        train_ds.task = replace(task, spread=spread)
-        total = 0.0
-        for i, b in enumerate(train_ds.batches(cfg.batch_size, epoch=epoch, drop_last=True)):
-            if cfg.steps_per_epoch and i >= cfg.steps_per_epoch:
-                break
-            loss = triplet_loss(enc(st(b.x)), enc(random_patches(b.x, g)))
+def train_encoder(encoder: nn.Module, cfg: RunConfig) -> None:
+    """Train the digit CNN at the head of `encoder` (stnkit.models.coloc.digit_encoder) as a
+    classifier of every training digit (all classes) for ENCODER_EPOCHS, in place; it stays frozen."""
+    digits = load_digits(cfg.source, "train", cfg.data_dir)
+    net = encoder[0]
+    params = list(net.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=2e-3)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x_all, y_all = digits.images.float().div(255)[:, None], digits.labels
+    net.train()
+    for _ in range(ENCODER_EPOCHS):
+        order = torch.randperm(len(y_all), generator=g)
+        for i in range(0, len(order) - 63, 64):
+            idx = order[i:i + 64]
+            loss = F.cross_entropy(net(x_all[idx]), y_all[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach())
-        losses.append(total / max(i + 1, 1))
-        stats = crop_stats(st, test_ds)
-        acc = stats["iou_over_half"]
-        row = {"epoch": epoch + 1, **({"restart": restart} if cfg.restarts > 1 else {}), "spread": round(spread, 4),
-               "loss": losses[-1], **stats, "wall_s": round(time.perf_counter() - t0, 1)}
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", iou=f"{acc:.0f}%")
-        if (epoch + 1) % every == 0 or epoch + 1 == cfg.epochs:
-            log(f"epoch {epoch + 1}/{cfg.epochs}{tag}: placement {100 * spread:.0f}% of the canvas | loss {row['loss']:.4f}"
-                f" | test crops with IoU > 0.5: {acc:.1f}%, {stats['centre_err_px']:.1f} px off, {stats['crop_px']:.0f} px wide")
-    bar.close()
-    tail = losses[-10:]
-    return st, sum(tail) / len(tail), stats
+    for p in params:
+        p.requires_grad_(False)
+    encoder.eval()
+    log.info(f"encoder: digit CNN trained {ENCODER_EPOCHS} epochs on {len(y_all)} digits, frozen; "
+             f"embedding = class probabilities at temperature {TEMPERATURE:g}")
+
+
+class CoLocalisation:
+    """The triplet hinge loss on the crops of `restarts` transformers, each with its own stream of
+    random patches; scored by crops with IoU > 0.5 (higher is better). One process only: the loss
+    compares every pair of crops in a batch, which a batch split over processes would change."""
+
+    name, metric, higher_is_better = "coloc", "iou_over_half", True
+    test_keys = ("iou_over_half", "centre_err_px", "crop_px", "test_n")
+    distributed, classifies = False, False
+    why_one_process = "its triplet loss compares every pair of crops in a batch, which a batch split over processes would change"
+
+    def __init__(self, cfg: RunConfig):
+        self.restarts = cfg.restarts
+        self.digit_class = DIGIT_CLASS if cfg.digit_class is None else cfg.digit_class
+        # restart 0's patch stream is the one a run without restarts draws
+        self.patches = [torch.Generator().manual_seed(cfg.seed + 1 if r == 0 else _seed(cfg.seed, "patches", r))
+                        for r in range(cfg.restarts)]
+        self.curriculum_epochs = cfg.curriculum_epochs
+        self.base_task = None
+
+    def datasets(self, cfg: RunConfig) -> tuple:
+        kw = dict(source=cfg.source, seed=cfg.seed, root=cfg.data_dir, digit_class=self.digit_class)
+        return make_dataset(cfg.experiment, "train", **kw), make_dataset(cfg.experiment, "test", **kw)
+
+    def build(self, cfg: RunConfig, dataset) -> nn.Module:
+        return create_model(cfg.model, in_shape=tuple(dataset.sample(1).x.shape[1:]), restarts=cfg.restarts,
+                            seed=cfg.seed)
+
+    def prepare(self, cfg: RunConfig, model: nn.Module) -> None:
+        """A fresh run only: resumed and loaded runs take the encoder from their checkpoint."""
+        train_encoder(model.encoder, cfg)
+
+    def start_epoch(self, epoch: int, train_ds) -> dict:
+        if self.base_task is None:
+            self.base_task = replace(train_ds.task, spread=1.0)
+        spread = spread_at(epoch, self.curriculum_epochs)
+        train_ds.task = replace(self.base_task, spread=spread)
+        return {"spread": round(spread, 4)}
+
+    def step(self, model: nn.Module, batch, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = batch.x.to(device)
+        losses = [triplet_loss(model.encoder(st(x)), model.encoder(random_patches(x, g)))
+                  for st, g in zip(model.transformers, self.patches)]
+        B = len(x)  # each restart's loss is its own: the sum's gradient reaches each transformer unchanged
+        return (losses[0] if len(losses) == 1 else torch.stack(losses).sum(),
+                {f"loss.{r}": loss.detach().double() * B for r, loss in enumerate(losses)})
+
+    def train_metrics(self, sums: dict[str, float], seen: int) -> dict:
+        per = [sums.get(f"loss.{r}", 0.0) / max(seen, 1) for r in range(self.restarts)]
+        return {"train_loss": per[0] if self.restarts == 1 else sum(per) / len(per),
+                **({"restart_loss": per} if self.restarts > 1 else {})}
+
+    def evaluate(self, model: nn.Module, dataset, batch_size: int = 200, device=None, bf16: bool = False,
+                 world=None) -> dict:
+        """The kept transformer's crop_stats; with restarts, every restart's under "restarts"."""
+        was = model.training
+        model.eval()
+        stats = [crop_stats(st, dataset, batch_size, device) for st in model.transformers]
+        model.train(was)
+        out = dict(stats[model.kept_index])
+        if len(stats) > 1:
+            out["restarts"] = stats
+        return out
+
+    def choice(self, rows: list[dict]) -> tuple[int, list[float]]:
+        """(the restart with the lowest mean training loss over the last TAIL epochs, every restart's mean)."""
+        tail = rows[-TAIL:]
+        if self.restarts == 1 or not tail:
+            return 0, [sum(r["train_loss"] for r in tail) / max(len(tail), 1)]
+        means = [sum(r["restart_loss"][k] for r in tail) / len(tail) for k in range(self.restarts)]
+        return min(range(self.restarts), key=means.__getitem__), means
+
+    def end_epoch(self, model: nn.Module, rows: list[dict]) -> dict:
+        """Keep the restart that leads now (it is what a checkpoint of this epoch holds)."""
+        kept, _ = self.choice(rows)
+        model.keep(kept)
+        return {"kept": kept} if self.restarts > 1 else {}
+
+    def summary(self, model: nn.Module, rows: list[dict]) -> dict:
+        kept, means = self.choice(rows)
+        out = {"digit_class": self.digit_class, "restart": kept}
+        if self.restarts > 1:
+            last = rows[-1].get("restarts", [])
+            out["restarts"] = [{"restart": r, "final_loss": round(m, 4),
+                                "iou_over_half": last[r]["iou_over_half"] if r < len(last) else None}
+                               for r, m in enumerate(means)]
+        return out
+
+    def describe(self, m: dict) -> str:
+        head = ""
+        if "spread" in m:
+            head += f"placement {100 * m['spread']:.0f}% of the canvas | "
+        if "train_loss" in m:
+            head += f"loss {m['train_loss']:.4f} | "
+        tail = f" (restart {m['kept'] + 1} of {self.restarts} leads)" if "kept" in m else ""
+        return (f"{head}test crops with IoU > 0.5: {m['iou_over_half']:.1f}%, {m['centre_err_px']:.1f} px off, "
+                f"{m['crop_px']:.0f} px wide{tail}")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"patches.{r}": g.get_state() for r, g in enumerate(self.patches)}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        for r, g in enumerate(self.patches):
+            g.set_state(tensors[f"patches.{r}"])

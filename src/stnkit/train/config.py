@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from .._io import atomic_write
+
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # one YAML per experiment, shipped in the package
 
@@ -16,7 +18,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"  # one YAML per experiment
 @dataclass
 class RunConfig:
     experiment: str = "rts"  # dataset name (stnkit data list)
-    model: str = "st-cnn-affine"  # model name (stnkit.models.list_models())
+    model: str = "st-cnn-affine"  # model name (stnkit.models.list_models()); co-localisation: coloc-attention
     source: str = "bundled"  # digits: bundled | mnist | fashion-mnist
     data_dir: str | None = None
     out: str = "runs"  # runs are written to out/name
@@ -39,10 +41,10 @@ class RunConfig:
     match_budget: str | None = None  # or: size the model to this other model's count (e.g. "cnn")
     digit_class: int | None = None  # co-localisation: the one class of the image set (default 3)
     curriculum_epochs: int = 0  # co-localisation: epochs over which digit placement widens from the centre to the whole canvas
-    restarts: int = 1  # co-localisation: transformers trained from different starts; the lowest final training loss is kept
+    restarts: int = 1  # co-localisation: transformers trained side by side from different starts; the lowest final training loss is kept
     fixed_train: bool = False  # reuse epoch 0's training distortions every epoch
     steps_per_epoch: int | None = None  # cap (quick runs and tests)
-    eval_batch_size: int = 500
+    eval_batch_size: int = 500  # a generated test set draws its distortions batch by batch: this is part of what it is
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
     keep_checkpoints: int = 2
     threads: int | None = None  # torch CPU threads
@@ -53,6 +55,14 @@ class RunConfig:
 
 
 _CHOICES = {"optimizer": ("sgd", "adam"), "source": ("bundled", "mnist", "fashion-mnist")}
+COLOC_EXPERIMENTS = ("coloc", "coloc-clutter")  # trained with the co-localisation objective
+COLOC_MODEL = "coloc-attention"
+# Keys a resumed run may change: they decide how long it goes on, where data is read and how it
+# is watched, never what has already been trained. `out` and `name` say where the run lives.
+# (Not eval_batch_size: a generated test set draws its distortions batch by batch, so it is part
+# of what the test set is.)
+RESUMABLE = ("epochs", "threads", "progress", "checkpoint_every", "keep_checkpoints", "data_dir", "device")
+PLACE = ("out", "name")
 
 
 def _is_size(v) -> bool:
@@ -79,6 +89,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         bad("experiment", f"one of {dataset_names()}")
     if cfg.model not in list_models():
         bad("model", f"one of {list_models()}")
+    if (cfg.experiment in COLOC_EXPERIMENTS) != (cfg.model == COLOC_MODEL):
+        bad("model", f"{COLOC_MODEL!r} for the co-localisation experiments {list(COLOC_EXPERIMENTS)}, "
+                     "and only for them")
     if cfg.match_budget is not None and cfg.match_budget not in list_models():
         bad("match_budget", f"a model name, one of {list_models()}")
     for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -100,6 +113,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         bad("digit_class", "null or a digit 0-9")
     if not isinstance(cfg.restarts, int) or isinstance(cfg.restarts, bool) or cfg.restarts < 1:
         bad("restarts", "a positive integer")
+    if cfg.restarts > 1 and cfg.model != COLOC_MODEL:
+        bad("restarts", f"1: restarts apply to co-localisation ({COLOC_MODEL}) only")
     for key in ("steps_per_epoch", "budget", "threads"):
         v = getattr(cfg, key)
         if v is not None and (not isinstance(v, int) or v <= 0):
@@ -139,14 +154,42 @@ def build(base: dict | None = None, overrides: dict | None = None) -> RunConfig:
 
 
 def load_file(path: str | Path) -> dict:
+    """A YAML config file as a dict; a file that is not YAML, or not a mapping, is a ValueError
+    naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}{where}: not valid YAML ({what}); write one `key: value` per line") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; a config is YAML, one `key: value` per line") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of key: value")
+        raise ValueError(f"{path}: a config file must be a mapping of key: value, got {type(data).__name__}")
     return data
 
 
 def save(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def diff(saved: RunConfig, wanted: RunConfig) -> dict[str, tuple]:
+    """{key: (saved value, wanted value)} for every key that differs, where the run lives aside."""
+    a, b = saved.to_dict(), wanted.to_dict()
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in PLACE}
+
+
+def resume_changes(saved: RunConfig, wanted: RunConfig) -> dict[str, tuple]:
+    """The changes a resumed run may take, or a ValueError naming the first key that would change
+    what the run has already trained."""
+    changes = diff(saved, wanted)
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE}
+    if refused:
+        text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise ValueError(f"cannot change {text} on resume: that would change what this run has already trained. "
+                         f"Start a new run instead (name=...); a resumed run may change only {list(RESUMABLE)}")
+    return changes

@@ -1,31 +1,82 @@
-"""Training and evaluation loops. No argument parsing: `train(RunConfig)` -> run folder.
+"""The one training loop. No argument parsing: `train(cfg)` -> run folder (runs.py says what is in
+it). What is trained is the objective's business (objectives.py); everything a run owes its user
+is the engine's: the run-folder rules, exact resume, checkpoints, the NaN stop, stopping on a
+signal, several processes.
 
-A run folder holds config.yaml (the resolved config), metrics.jsonl (one line per epoch),
-checkpoints/step-N/ (see checkpoint.py), summary.json and figures.
+    open_run   the folder's rules, the config it continues, data, model, optimizer, restore
+    one_epoch  the steps of an epoch, then its test metrics -> a metrics row
+    save       a checkpoint of where the run is (atomic, checksummed)
+    finish     summary.json from the last epoch's row
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .._io import atomic_write
+from ..layers import LocalisationDiverged
+from ..models import count_params, transformers
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .config import RunConfig, save as save_config
-from ..data import make_dataset
-from ..layers import LocalisationDiverged
-from ..models import count_params, create_model, model_options, transformers
+from . import runs
+from .config import RunConfig, resume_changes
+from .config import save as save_config
+from .objectives import Objective, objective_for
+from .runs import run_dir_of
+from .stops import StopSignals, TrainingInterrupted
+
+log = logging.getLogger("stnkit")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message names the step, the batch and the last good checkpoint."""
+
+
+@dataclass
+class Progress:
+    """Where a run is; a checkpoint's state. epoch: the epoch in progress (0-based), of which
+    step_in_epoch steps are done; sums, seen: that epoch's running training sums."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    wall_s: float = 0.0
+    sums: dict = field(default_factory=dict)
+    seen: int = 0
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    objective: Objective
+    run_dir: Path
+    world: dist.World
+    device: torch.device
+    train_ds: object
+    test_ds: object
+    steps: int  # per epoch
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    progress: Progress
+    rows: list[dict]
+    t0: float = 0.0
+    last_saved: Path | None = None
+    stop: StopSignals | None = None
+
+    def say(self, text: str) -> None:
+        if self.world.main:  # one voice for a multi-process run
+            log.info(text)
 
 
 def device_of(cfg: RunConfig, local_rank: int | None = None) -> torch.device:
@@ -41,34 +92,6 @@ def device_of(cfg: RunConfig, local_rank: int | None = None) -> torch.device:
     return torch.device(kind)
 
 
-def run_dir_of(cfg: RunConfig) -> Path:
-    return Path(cfg.out) / (cfg.name or f"{cfg.experiment}-{cfg.model}-seed{cfg.seed}")
-
-
-def datasets(cfg: RunConfig):
-    kw = dict(source=cfg.source, seed=cfg.seed, root=cfg.data_dir)
-    train = make_dataset(cfg.experiment, "train", fixed=cfg.fixed_train, **kw)
-    test = make_dataset(cfg.experiment, "test", **kw)
-    return train, test
-
-
-def build_model(cfg: RunConfig, dataset) -> nn.Module:
-    """The config's model for this dataset's input shape and classes, sized to the budget."""
-    x = dataset.sample(1).x
-    kw = {"in_shape": tuple(x.shape[1:]), "num_classes": dataset.num_classes}
-    budget = cfg.budget
-    if budget is None and cfg.match_budget is not None:
-        budget = count_params(create_model(cfg.match_budget, **kw))
-    accepted = model_options(cfg.model)
-    if cfg.st_size is not None and "st_size" in accepted:  # baselines of a table share its config
-        kw["st_size"] = cfg.st_size
-    if budget is not None:
-        if "budget" not in accepted:
-            raise ValueError(f"config key 'budget' does not apply to model {cfg.model!r}; set budget=null")
-        kw["budget"] = budget
-    return create_model(cfg.model, **kw)
-
-
 def localisation_params(model: nn.Module) -> list[nn.Parameter]:
     seen, out = set(), []
     for st in transformers(model):
@@ -80,12 +103,12 @@ def localisation_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    loc = localisation_params(model)
+    """SGD or Adam over the trainable parameters; localisation nets and regressions in a group of
+    their own whose lr is cfg.loc_lr_mult times the schedule's (param group key "lr_mult")."""
+    loc = [p for p in localisation_params(model) if p.requires_grad]
     loc_ids = {id(p) for p in loc}
-    rest = [p for p in model.parameters() if id(p) not in loc_ids]
-    groups = [{"params": rest, "lr_mult": 1.0}]
-    if loc:
-        groups.append({"params": loc, "lr_mult": cfg.loc_lr_mult})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in loc_ids]
+    groups = [g for g in ({"params": rest, "lr_mult": 1.0}, {"params": loc, "lr_mult": cfg.loc_lr_mult}) if g["params"]]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -96,257 +119,337 @@ def lr_at(cfg: RunConfig, epoch: int) -> float:
     return cfg.lr * cfg.gamma ** sum(epoch >= s for s in cfg.lr_steps)
 
 
-def loss_and_errors(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and the number of wrong examples. Classes: logits (B, K), y (B,); sequences:
-    logits (B, L, K), y (B, L), a sequence is wrong if any position is."""
-    if y.dim() == 1:
-        return F.cross_entropy(logits.float(), y), (logits.argmax(1) != y).sum()
-    B, L, K = logits.shape
-    loss = F.cross_entropy(logits.float().reshape(B * L, K), y.reshape(B * L)) * L
-    return loss, (logits.argmax(2) != y).any(1).sum()
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g["lr_mult"]
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset, batch_size: int = 500, device=None, bf16: bool = False,
-             world: dist.World = dist.World()) -> dict:
-    """Test loss and % error over the whole split. In a data-parallel job process r scores
-    batches r, r + N, ... and the sums are all-reduced: every image counted exactly once."""
-    device = device or next(model.parameters()).device
-    was = model.training
-    model.eval()
-    total, wrong, loss_sum = 0, 0, 0.0
-    for i, b in enumerate(dataset.batches(batch_size, shuffle=False)):
-        if i % world.size != world.rank:
-            continue  # rendered anyway: the test set's random stream is the same for every process
-        x, y = b.x.to(device), b.y.to(device)
-        with _autocast(device, bf16):
-            logits = model(x)
-        loss, err = loss_and_errors(logits, y)
-        total += len(y)
-        wrong += int(err)
-        loss_sum += float(loss) * len(y)
-    model.train(was)
-    total, wrong, loss_sum = dist.all_reduce_sum([total, wrong, loss_sum], device)
-    total, wrong = int(total), int(wrong)
-    return {"test_loss": loss_sum / max(total, 1), "test_err": 100.0 * wrong / max(total, 1), "test_n": total}
-
-
-def _autocast(device: torch.device, bf16: bool):
+def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm import tqdm
 
     # bars only on a terminal; logs get the one-line epoch summaries instead
-    return tqdm(total=total, initial=initial, desc=desc, disable=not (enabled and sys.stderr.isatty()),
+    tty = sys.stderr.isatty() or os.environ.get("STNKIT_TTY") == "1"  # set by `stnkit train --nproc` on a terminal
+    return tqdm(total=total, initial=initial, desc=desc, disable=not (enabled and tty),
                 file=sys.stderr, dynamic_ncols=True, leave=False, unit="step")
 
 
-def _trim_metrics(path: Path, global_step: int) -> None:
-    """Drop metric lines written after the checkpoint a resumed run restarts from."""
-    if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= global_step]
-        path.write_text("".join(ln + "\n" for ln in keep))
+def train(cfg: RunConfig, objective: Objective | None = None, *, resume: bool = False) -> Path:
+    """Train cfg on its objective (default: the one its experiment needs); -> the run folder.
 
-
-def train(cfg: RunConfig, resume: bool = False, log=print) -> Path:
-    """Train cfg.model on cfg.experiment; returns the run folder. `resume` continues from the
-    newest good checkpoint exactly (same final weights as an unbroken run on CPU).
+    resume: continue the run in cfg's folder from its newest good checkpoint, exactly (the same
+    final weights as an unbroken run, on CPU), or start it if the folder holds none. The folder's
+    own config.yaml is what continues: cfg may differ from it only in config.RESUMABLE keys, and
+    each such change is said and recorded (history.jsonl). A finished run says so and is left alone.
 
     Started by torchrun (WORLD_SIZE > 1) it trains data-parallel: batch_size is the global
     batch, split evenly over the processes; only rank 0 writes the run folder."""
+    objective = objective or objective_for(cfg)
     world = dist.setup(device_of(cfg).type)
     try:
-        return _train(cfg, resume, log if world.main else (lambda *_: None), world)
+        run = open_run(cfg, objective, resume, world)
+        if run is None:
+            return run_dir_of(cfg)
+        with StopSignals(announce=world.main) as stop:
+            run.stop = stop
+            for epoch in range(run.progress.epoch, run.cfg.epochs):
+                one_epoch(run, epoch)
+        return finish(run)
     finally:
         dist.teardown(world)
 
 
-def _train(cfg: RunConfig, resume: bool, log, world: dist.World) -> Path:
+def resume(run_dir: str | Path, overrides: dict | None = None, objective: Objective | None = None) -> Path:
+    """Continue the run in `run_dir` with its own config and these overrides (only config.RESUMABLE
+    keys may differ from what it ran with; `epochs` may grow, never shrink below what has run)."""
+    from .config import build
+
+    run_dir = Path(run_dir)
+    saved = runs.read_config(run_dir)
+    cfg = build(saved.to_dict(), overrides or {})
+    if run_dir_of(cfg).resolve() != run_dir.resolve():  # the folder was moved or renamed: it is where it is
+        cfg = replace(cfg, out=str(run_dir.parent), name=run_dir.name)
+    return train(cfg, objective, resume=True)
+
+
+# -- open_run: rules, config, restore ------------------------------------------------------------
+
+def open_run(cfg: RunConfig, objective: Objective, resume: bool, world: dist.World) -> Run | None:
+    """Check the folder's rules and the config (nothing is written before every check passed),
+    build data, model and optimizer, restore the newest good checkpoint -> the Run, or None when a
+    resumed run is already finished."""
     run_dir = run_dir_of(cfg)
-    if not resume and ckpt.candidates(run_dir):
-        raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, or name=... for a new one")
+    if world.size > 1 and not objective.distributed:
+        raise ValueError(f"{objective.name} training runs in one process: {getattr(objective, 'why_one_process', '')}; "
+                         "start it without torchrun or --nproc")
     if cfg.batch_size % world.size:
         raise ValueError(f"config key 'batch_size' = {cfg.batch_size} (the global batch) must be a multiple of "
                          f"the number of processes ({world.size})")
+    exists = runs.holds_run(run_dir)
+    if exists and not resume:
+        raise ValueError(f"{run_dir} already holds a run: continue it with `stnkit train --resume {run_dir}`, "
+                         "or pass name=... for a new one")
+    changes, found, state = {}, None, None
+    if exists:
+        if (run_dir / runs.CONFIG).is_file():
+            changes = resume_changes(runs.read_config(run_dir), cfg)
+        found, state = _newest_checkpoint(run_dir, world)
+        done = Progress(**{k: state[k] for k in ("epoch", "step_in_epoch")}) if state else Progress()
+        if cfg.epochs < done.epoch + (done.step_in_epoch > 0):
+            raise ValueError(f"epochs={cfg.epochs} is fewer than this run has already trained "
+                             f"({done.epoch} epochs{f' and {done.step_in_epoch} steps' if done.step_in_epoch else ''}); "
+                             "a run cannot be shortened: start a new one (name=...)")
+        if state and done.epoch >= cfg.epochs and (run_dir / runs.SUMMARY).is_file():
+            s = runs.summary(run_dir) or {}
+            metric = s.get("metric", objective.metric)
+            if world.main:
+                log.info(f"{run_dir} is finished: {done.epoch} of {cfg.epochs} epochs, {metric} {s.get(metric)}; "
+                         f"nothing to do. To train it longer: stnkit train --resume {run_dir} epochs=N")
+            return None
+    run = _build(cfg, objective, run_dir, world)
+    if found is not None:
+        _restore(run, found)
+    else:
+        if exists:
+            run.say(f"no checkpoint in {run_dir}: starting from scratch")
+        objective.prepare(cfg, run.model)
+    _open_folder(run, changes, "resume" if found is not None else "start")
+    return run
+
+
+def _newest_checkpoint(run_dir: Path, world: dist.World) -> tuple[Path | None, dict | None]:
+    warn = log.warning if world.main else (lambda *_: None)
+    if world.main:
+        for left in ckpt.remove_partial(run_dir):
+            log.info(f"removed {left}: a checkpoint whose writing was interrupted")
+    found = ckpt.latest_good(run_dir, warn=warn)
+    if found is None and ckpt.candidates(run_dir):
+        raise ckpt.CheckpointError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged (see above); "
+                                   "move that folder away to start the run again from scratch")
+    return found, (ckpt.verify(found) if found is not None else None)
+
+
+def _build(cfg: RunConfig, objective: Objective, run_dir: Path, world: dist.World) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = device_of(cfg, world.local_rank if world.size > 1 else None)
     torch.manual_seed(cfg.seed)
-    train_ds, test_ds = datasets(cfg)
+    train_ds, test_ds = objective.datasets(cfg)
     steps = len(train_ds) // cfg.batch_size
     if steps == 0:
         raise ValueError(f"config key 'batch_size' = {cfg.batch_size} is larger than the training set "
                          f"({len(train_ds)} examples); use batch_size <= {len(train_ds)}")
     steps = min(steps, cfg.steps_per_epoch or steps)
-    model = build_model(cfg, train_ds).to(device)  # the same initial weights in every process
+    model = objective.build(cfg, train_ds).to(device)  # the same initial weights in every process
     if world.size > 1:
         torch.manual_seed(cfg.seed * 1000003 + world.rank)  # but each its own dropout stream
     opt = make_optimizer(cfg, model)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "wall_s": 0.0}
-    if resume:
-        if world.main:
-            for left in ckpt.remove_partial(run_dir):
-                log(f"removed {left}: a checkpoint whose writing was interrupted")
-        found = ckpt.latest_good(run_dir, warn=log)
-        if found is None and ckpt.candidates(run_dir):
-            raise ckpt.CheckpointError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged (see above); "
-                                       "move that folder away to start the run again from scratch")
-        if found is None:
-            log(f"no checkpoint in {run_dir}: starting from scratch")
-        else:
-            state = ckpt.load(found, model, opt, rank=world.rank)
-            log(f"resuming {run_dir} from {found.name} (epoch {state['epoch']}, step {state['step_in_epoch']})")
-            if state.get("world_size", 1) != world.size:
-                log(f"note: {found.name} was written by {state.get('world_size', 1)} process(es), this run has "
-                    f"{world.size}: the same global batch goes on, with other distortion streams, so the result "
-                    "is not bit-identical to an unbroken run")
-    net = model
-    if world.size > 1:
+    return Run(cfg, objective, run_dir, world, device, train_ds, test_ds, steps, model, model, opt, Progress(), [])
+
+
+def _restore(run: Run, found: Path) -> None:
+    state = ckpt.load(found, run.model, run.opt, rank=run.world.rank)
+    run.objective.load_state_dict(state.get("extra", {}))
+    mine = state.get("epoch_sums", [])
+    mine = mine[run.world.rank] if run.world.rank < len(mine) and len(mine) == run.world.size else {}
+    if state["step_in_epoch"] and not mine:
+        run.say("note: the checkpoint was written by another number of processes: the resumed epoch's training "
+                "loss and error count only the steps after it")
+    run.progress = Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["wall_s"],
+                            dict(mine.get("sums", {})), mine.get("seen", 0))
+    run.last_saved = found
+    p = run.progress
+    run.say(f"resuming {run.run_dir} from {found.name} (epoch {p.epoch + 1}, step {p.step_in_epoch} of {run.steps})")
+    if state.get("world_size", 1) != run.world.size:
+        run.say(f"note: {found.name} was written by {state.get('world_size', 1)} process(es), this run has "
+                f"{run.world.size}: the same global batch goes on, with other distortion streams, so the result "
+                "is not bit-identical to an unbroken run")
+
+
+def _open_folder(run: Run, changes: dict, event: str) -> None:
+    """Write what the run continues with: config.yaml, metrics up to the checkpoint, a history line."""
+    cfg, p = run.cfg, run.progress
+    if run.world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    metrics_path = run_dir / "metrics.jsonl"
-    if world.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        _trim_metrics(metrics_path, state["global_step"])
-    n_params = count_params(model)
-    log(f"{cfg.model} on {cfg.experiment} ({cfg.source}): {n_params:,} parameters, {len(train_ds)} train / "
-        f"{len(test_ds)} test, device {device}" + (f" x {world.size} processes" if world.size > 1 else "")
-        + f", run folder {run_dir}")
+        run.net = DistributedDataParallel(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    for k, (a, b) in changes.items():
+        run.say(f"{k}: {a!r} -> {b!r} (from global step {p.global_step})")
+    run.rows = runs.read_rows(run.run_dir, p.global_step)
+    if run.world.main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / runs.SUMMARY).unlink(missing_ok=True)  # the run is not finished while it trains
+        save_config(cfg, run.run_dir / runs.CONFIG)
+        runs.write_rows(run.run_dir, run.rows)
+        runs.record_start(run.run_dir, event, p.global_step, p.epoch, changes, run.world.size)
+    run.t0 = time.perf_counter() - p.wall_s
+    run.say(f"{cfg.model} on {cfg.experiment} ({cfg.source}): {count_params(run.model):,} parameters, "
+            f"{len(run.train_ds)} train / {len(run.test_ds)} test, device {run.device}"
+            + (f" x {run.world.size} processes" if run.world.size > 1 else "") + f", run folder {run.run_dir}")
 
-    t_start = time.perf_counter() - state["wall_s"]
-    last_saved = None
 
-    def checkpoint(epoch, step_in_epoch, extra=None):
-        nonlocal last_saved
-        rng = dist.gather_objects(torch.get_rng_state())  # every process takes part
-        if not world.main:
-            return
-        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:  # never write weights a later resume would choke on
-            raise TrainingDiverged(f"weights {bad[:3]} became NaN/Inf by global step {state['global_step']} "
-                                   f"(epoch {epoch + 1}); last good checkpoint: {last_saved or 'none'}. "
-                                   "Try a lower lr or clip_grad.")
-        st = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": state["global_step"],
-              "wall_s": time.perf_counter() - t_start, "world_size": world.size, **(extra or {})}
-        folder = run_dir / "checkpoints" / f"step-{state['global_step']:08d}"
-        try:
-            last_saved = ckpt.save(folder, model, opt, st, rng=rng)
-        except OSError as e:  # a full disk, a lost mount: the previous checkpoint is untouched
-            raise ckpt.CheckpointError(
-                f"could not write checkpoint {folder}: {e}. The previous checkpoint "
-                f"({last_saved or ckpt.latest_good(run_dir, warn=log) or 'none'}) is intact; "
-                "free space and continue with --resume") from e
-        ckpt.prune(run_dir, cfg.keep_checkpoints)
+# -- one_epoch, save -----------------------------------------------------------------------------
 
-    model.train()
-    for epoch in range(state["epoch"], cfg.epochs):
-        lr = lr_at(cfg, epoch)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        start = state["step_in_epoch"] if epoch == state["epoch"] else 0
-        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and world.main, initial=start)
-        loss_sum, wrong, seen = 0.0, 0, 0
-        batches = train_ds.batches(cfg.batch_size, epoch=epoch, drop_last=True, rank=world.rank, world=world.size)
-        for i, batch in enumerate(batches):
-            if i >= steps:
-                break
-            if i < start:
-                continue  # rendered anyway, so the epoch's random stream stays the same on resume
-            x, y = batch.x.to(device), batch.y.to(device)
-            why = ""
-            try:
-                with _autocast(device, cfg.bf16):
-                    logits = net(x)
-                loss, err = loss_and_errors(logits, y)
-                value = float(loss.detach())
-            except LocalisationDiverged as e:  # a transformer predicted NaN/Inf parameters
-                value, why = math.nan, f" ({e})"
-            if world.size > 1:  # every process must stop together, or the others wait forever
-                value = dist.all_reduce_sum([value], device)[0] / world.size
-            if not math.isfinite(value):
-                where = last_saved or ckpt.latest_good(run_dir, warn=log)
-                raise TrainingDiverged(
-                    f"loss is {value}{why} at epoch {epoch + 1}, step {i + 1} (global step "
-                    f"{state['global_step'] + 1}), batch of digits {i * cfg.batch_size}-{(i + 1) * cfg.batch_size - 1} "
-                    f"of the epoch's order; last good checkpoint: {where or 'none'}. Try a lower lr or clip_grad."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            opt.step()
-            state["global_step"] += 1
-            loss_sum, wrong, seen = loss_sum + float(loss.detach()) * len(y), wrong + int(err), seen + len(y)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", err=f"{100 * wrong / seen:.1f}%")
-            if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps:
-                checkpoint(epoch, i + 1)
-        bar.close()
-        loss_sum, wrong, seen = dist.all_reduce_sum([loss_sum, wrong, seen], device)
-        try:
-            metrics = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.bf16, world)
-        except LocalisationDiverged as e:  # the epoch's last steps broke a localisation net
-            raise TrainingDiverged(
-                f"weights became NaN/Inf by global step {state['global_step']} (epoch {epoch + 1}), found while "
-                f"testing: {e}; last good checkpoint: {last_saved or ckpt.latest_good(run_dir, warn=log) or 'none'}"
-            ) from e
-        row = {"epoch": epoch + 1, "step": state["global_step"], "lr": lr,
-               "train_loss": loss_sum / max(seen, 1), "train_err": 100.0 * wrong / max(seen, 1), **metrics,
-               "wall_s": round(time.perf_counter() - t_start, 2)}
-        if world.main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} err {row['train_err']:.2f}% | "
-            f"test err {metrics['test_err']:.2f}% | {row['wall_s']:.0f} s")
-        checkpoint(epoch + 1, 0)
-        state["step_in_epoch"] = 0
+def one_epoch(run: Run, epoch: int) -> dict:
+    """Train the epoch's remaining steps, test, append its row, checkpoint -> the row."""
+    cfg, p = run.cfg, run.progress
+    lr = lr_at(cfg, epoch)
+    set_lr(run.opt, lr)
+    extra = run.objective.start_epoch(epoch, run.train_ds)
+    start = p.step_in_epoch if epoch == p.epoch else 0
+    if start == 0:
+        p.sums, p.seen = {}, 0
+    run.model.train()
+    bar = progress_bar(run.steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and run.world.main, initial=start)
+    batches = run.train_ds.batches(cfg.batch_size, epoch=epoch, drop_last=True, rank=run.world.rank,
+                                   world=run.world.size)
+    for i, batch in enumerate(batches):
+        if i >= run.steps:
+            break
+        if i < start:
+            continue  # rendered anyway, so the epoch's random stream stays the same on resume
+        stop = one_step(run, batch, epoch, i)
+        bar.update(1)
+        bar.set_postfix(loss=f"{run.objective.train_metrics(p.sums, p.seen)['train_loss']:.3f}")
+        if stop:
+            bar.close()
+            _interrupted(run, save(run, epoch, i + 1))
+        if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < run.steps:
+            save(run, epoch, i + 1)
+    bar.close()
+    keys = sorted(p.sums)
+    totals = dist.all_reduce_sum([p.sums[k] for k in keys] + [p.seen], run.device)
+    row = {"epoch": epoch + 1, "step": p.global_step, "lr": lr, **extra,
+           **run.objective.train_metrics(dict(zip(keys, totals[:-1])), int(totals[-1]))}
+    row.update(run.objective.end_epoch(run.model, run.rows + [row]))  # e.g. which restart leads, before testing
+    row.update(_test(run, epoch))
+    row["wall_s"] = round(time.perf_counter() - run.t0, 2)
+    run.rows.append(row)
+    if run.world.main:
+        runs.append_line(run.run_dir / runs.METRICS, row)
+    every = max(1, cfg.epochs // 50)
+    if (epoch + 1) % every == 0 or epoch + 1 in (1, cfg.epochs):
+        run.say(f"epoch {epoch + 1}/{cfg.epochs}: {run.objective.describe(row)} | {row['wall_s']:.0f} s")
+    saved = save(run, epoch + 1, 0)
+    if run.stop is not None and _stop_requested(run):
+        _interrupted(run, saved)
+    return row
 
-    final = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.bf16, world)
-    summary = {"model": cfg.model, "experiment": cfg.experiment, "source": cfg.source, "seed": cfg.seed,
-               "params": n_params, "epochs": cfg.epochs, "processes": world.size, **final,
-               "wall_s": round(time.perf_counter() - t_start, 1)}
-    if world.main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"done: {cfg.model} on {cfg.experiment}: test error {final['test_err']:.2f}% "
-        f"({final['test_n']} images), {n_params:,} params, {summary['wall_s']:.0f} s -> {run_dir}")
+
+def one_step(run: Run, batch, epoch: int, i: int) -> bool:
+    """One optimizer step; -> whether a stop was asked for (agreed by every process)."""
+    cfg, p = run.cfg, run.progress
+    why, stats = "", {}
+    try:
+        with autocast(run.device, cfg.bf16):
+            loss, stats = run.objective.step(run.net, batch, run.device)
+        values = torch.stack([loss.detach().double(), *(v.double() for v in stats.values())]).tolist()  # the step's one host sync
+    except LocalisationDiverged as e:  # a transformer predicted NaN/Inf parameters
+        values, why = [math.nan], f" ({e})"
+    value, stop = values[0], run.stop is not None and run.stop.requested
+    if run.world.size > 1:  # every process must stop together, or the others wait forever
+        value, stops = dist.all_reduce_sum([value, float(stop)], run.device)
+        value, stop = value / run.world.size, stops > 0
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"loss is {value}{why} at epoch {epoch + 1}, step {i + 1} (global step {p.global_step + 1}), batch of "
+            f"examples {i * cfg.batch_size}-{(i + 1) * cfg.batch_size - 1} of the epoch's order; last good "
+            f"checkpoint: {run.last_saved or 'none'}. Try a lower lr or clip_grad.")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad:
+        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
+    run.opt.step()
+    p.global_step += 1
+    p.step_in_epoch = i + 1
+    for k, v in zip(stats, values[1:]):
+        p.sums[k] = p.sums.get(k, 0.0) + v
+    p.seen += len(batch.y)
+    return stop
+
+
+def _test(run: Run, epoch: int) -> dict:
+    try:
+        return run.objective.evaluate(run.model, run.test_ds, run.cfg.eval_batch_size, run.device, run.cfg.bf16,
+                                      run.world)
+    except LocalisationDiverged as e:  # the epoch's last steps broke a localisation net
+        raise TrainingDiverged(
+            f"weights became NaN/Inf by global step {run.progress.global_step} (epoch {epoch + 1}), found while "
+            f"testing: {e}; last good checkpoint: {run.last_saved or 'none'}") from e
+
+
+def _stop_requested(run: Run) -> bool:
+    stop = run.stop.requested
+    if run.world.size > 1:
+        stop = dist.all_reduce_sum([float(stop)], run.device)[0] > 0
+    return stop
+
+
+def save(run: Run, epoch: int, step_in_epoch: int) -> Path | None:
+    """Checkpoint the run as at (epoch, step_in_epoch) -> the folder (None on ranks other than 0).
+    Every process takes part (their RNG states are gathered)."""
+    p = run.progress
+    p.epoch, p.step_in_epoch = epoch, step_in_epoch
+    if step_in_epoch == 0:
+        p.sums, p.seen = {}, 0
+    rng = dist.gather_objects(torch.get_rng_state())
+    sums = dist.gather_objects({"sums": p.sums, "seen": p.seen})  # each process's own share of the epoch
+    if not run.world.main:
+        return None
+    bad = [k for k, v in run.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # never write weights a later resume would choke on
+        raise TrainingDiverged(f"weights {bad[:3]} became NaN/Inf by global step {p.global_step} "
+                               f"(epoch {epoch + (step_in_epoch > 0)}); last good checkpoint: "
+                               f"{run.last_saved or 'none'}. Try a lower lr or clip_grad.")
+    state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": p.global_step,
+             "wall_s": time.perf_counter() - run.t0, "world_size": run.world.size, "epoch_sums": sums}
+    folder = run.run_dir / "checkpoints" / f"step-{p.global_step:08d}"
+    try:
+        run.last_saved = ckpt.save(folder, run.model, run.opt, state, rng=rng, extra=run.objective.state_dict())
+    except OSError as e:  # a full disk, a lost mount: the previous checkpoint is untouched
+        raise ckpt.CheckpointError(
+            f"could not write checkpoint {folder}: {e}. The previous checkpoint "
+            f"({run.last_saved or ckpt.latest_good(run.run_dir) or 'none'}) is intact; "
+            "free space and continue with --resume") from e
+    ckpt.prune(run.run_dir, run.cfg.keep_checkpoints)
+    return run.last_saved
+
+
+def _interrupted(run: Run, saved: Path | None):
+    """Say (rank 0) what was saved and how to go on, wait for every process, raise TrainingInterrupted."""
+    import signal
+
+    p, signum = run.progress, run.stop.signum or signal.SIGINT
+    where = f"epoch {p.epoch + 1}, step {p.step_in_epoch}" if p.step_in_epoch else f"the end of epoch {p.epoch}"
+    message = (f"stopped by {signal.Signals(signum).name} at {where} (global step {p.global_step}): saved "
+               f"{saved or run.last_saved}; continue with: stnkit train --resume {run.run_dir}"
+               + (f" --nproc {run.world.size}" if run.world.size > 1 else ""))
+    if run.world.main:
+        log.warning(f"stnkit: {message}")
+    dist.barrier()  # the others leave only once rank 0 has saved and said so (torchrun then stops the rest)
+    raise TrainingInterrupted(message, signum, saved or run.last_saved, run.run_dir)
+
+
+# -- finish --------------------------------------------------------------------------------------
+
+def finish(run: Run) -> Path:
+    """summary.json from the last epoch's row, so that summary and metrics.jsonl always agree."""
+    cfg, p = run.cfg, run.progress
+    last = run.rows[-1] if run.rows else {}
+    changes = [h for h in runs.history(run.run_dir) if h.get("changes")] if run.world.main else []
+    summary = {"model": cfg.model, "experiment": cfg.experiment, "objective": run.objective.name,
+               "metric": run.objective.metric, "source": cfg.source, "seed": cfg.seed,
+               "params": count_params(run.model), "epochs": cfg.epochs, "steps": p.global_step,
+               "processes": run.world.size, **{k: last.get(k) for k in run.objective.test_keys},
+               **run.objective.summary(run.model, run.rows), "wall_s": round(time.perf_counter() - run.t0, 1),
+               "changes": [{"step": h["step"], **h["changes"]} for h in changes]}
+    if run.world.main:
+        atomic_write(run.run_dir / runs.SUMMARY, json.dumps(summary, indent=1))
+    m = run.objective.metric
+    run.say(f"done: {cfg.model} on {cfg.experiment}: {m} {summary[m]:.2f} ({summary.get('test_n')} test images), "
+            f"{summary['params']:,} params, {summary['wall_s']:.0f} s -> {run.run_dir}")
     dist.barrier()  # no process leaves before the run folder is complete
-    return run_dir
-
-
-def finished(cfg: RunConfig) -> bool:
-    """True when cfg's run folder holds a finished run of exactly these settings (reuse it);
-    a finished run with other settings is an error rather than a silent reuse."""
-    import yaml
-
-    run_dir = run_dir_of(cfg)
-    if not (run_dir / "summary.json").is_file():
-        return False
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    default = RunConfig().to_dict()  # a key added after the run was saved holds its default there
-    changed = {k: (saved.get(k, default[k]), v) for k, v in cfg.to_dict().items()
-               if saved.get(k, default[k]) != v and k not in ("progress", "threads")}
-    if changed:
-        diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(f"{run_dir} holds a finished run with other settings ({diff}); use another output folder")
-    return True
-
-
-def load_run(run_dir: str | Path, device=None):
-    """(config, model with the newest good weights, test dataset) of a finished or stopped run."""
-    from .config import build, load_file
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml); runs are under runs/ by default")
-    cfg = build(load_file(run_dir / "config.yaml"))
-    _, test_ds = datasets(cfg)
-    model = build_model(cfg, test_ds)
-    found = ckpt.latest_good(run_dir)
-    if found is None:
-        raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
-    ckpt.load(found, model)
-    return cfg, model.to(device or "cpu").eval(), test_ds
+    return run.run_dir

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import stnkit
-from stnkit.functional.coords import axis, identity_grid
+from stnkit.functional.coords import axis, box_to_normalised, box_to_pixels, identity_grid
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -36,3 +36,14 @@ def test_sampling_at_a_pixel_reads_that_pixel(align_corners):
 def test_wrong_point_width_raises():
     with pytest.raises(ValueError, match="last axis must be 2"):
         stnkit.to_pixels(torch.zeros(4, 3), (5, 5))
+
+
+def test_boxes_in_pixel_edges_by_hand():
+    # the whole image, its left half, and the first pixel of an 84-wide, 42-high image
+    norm = torch.tensor([[-1.0, -1, 1, 1], [-1, -1, 0, 1], [-1, -1, -1 + 2 / 84, -1 + 2 / 42]])
+    px = box_to_pixels(norm, (42, 84))
+    torch.testing.assert_close(px, torch.tensor([[0.0, 0, 84, 42], [0, 0, 42, 42], [0, 0, 1, 1]]))
+    torch.testing.assert_close(box_to_normalised(px, (42, 84)), norm)
+    # a 28-px crop whose normalised centre is (0.5, -0.5) on an 84 canvas: x from 49 to 77, y from 7 to 35
+    s, t = 1 / 3, torch.tensor([[0.5, -0.5]])
+    torch.testing.assert_close(box_to_pixels(torch.cat([t - s, t + s], 1), (84, 84)), torch.tensor([[49.0, 7, 77, 35]]))

@@ -3,6 +3,7 @@ has been trained alone may change (each change said and recorded with its step),
 refused in one line with nothing written, and config.yaml, metrics.jsonl and summary.json agree."""
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,7 +57,7 @@ def test_a_stopped_run_resumes_under_the_settings_it_started_with(tmp_path, monk
     assert without_time(rows_of(a)) == without_time(rows_of(b))
     wa, wb = weights(a), weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert runs.read_config(b) == runs.read_config(a).__class__(**{**runs.read_config(a).to_dict(), "name": "b"})
+    assert runs.read_config(b) == replace(runs.read_config(a), name="b")  # config.yaml: what ran
     assert [h["event"] for h in runs.history(b)] == ["start", "resume"]
 
 
@@ -82,6 +83,9 @@ def test_a_change_to_what_was_trained_is_refused_by_name(tmp_path, capsys, chang
     err = capsys.readouterr().err
     assert f"cannot change {key}:" in err and "new run" in err and err.count("\n") == 1
     assert snapshot(run) == before
+    # refused before any process starts, too
+    assert main(["train", "--resume", str(run), *change.split(), "--nproc", "2"]) == 2
+    assert f"cannot change {key}:" in capsys.readouterr().err and snapshot(run) == before
 
 
 def test_extending_a_run_is_said_recorded_and_equals_a_longer_run(tmp_path, capsys):

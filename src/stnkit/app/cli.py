@@ -77,7 +77,10 @@ def _resume_target(args) -> tuple[Path | None, dict]:
         raise ValueError("--resume continues the run folder's own config.yaml; give changes as key=value, not --config")
     if args.experiment is not None and (Path(args.experiment) / runs.CONFIG).is_file():
         return Path(args.experiment), _explicit(argparse.Namespace(**{**vars(args), "experiment": None}))
-    if args.experiment is not None and ("/" in args.experiment or Path(args.experiment).is_dir()):
+    from ..data import names
+
+    if args.experiment is not None and ("/" in args.experiment or (Path(args.experiment).is_dir()
+                                                                   and args.experiment not in names())):
         runs.read_config(args.experiment)  # says what the folder is instead
     run_dir = runs.run_dir_of(_config_from(args))
     return (run_dir if runs.holds_run(run_dir) else None), _explicit(args)
@@ -95,6 +98,7 @@ def _torchrun(args) -> int:
 
 def _train(args) -> int:
     from ..train import engine, runs
+    from ..train.config import build, resume_changes
     from ..train.objectives import objective_for
 
     if args.nproc is not None and args.nproc < 1:
@@ -102,6 +106,8 @@ def _train(args) -> int:
     if args.resume:
         run_dir, over = _resume_target(args)
         cfg = runs.read_config(run_dir) if run_dir else _config_from(args)
+        if run_dir:  # a refused change fails here, once, before any process starts
+            resume_changes(cfg, build(cfg.to_dict(), over))
     else:
         cfg = _config_from(args)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:

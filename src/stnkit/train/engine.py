@@ -222,10 +222,7 @@ def open_run(cfg: RunConfig, objective: Objective, resume: bool, world: dist.Wor
 
 def _newest_checkpoint(run_dir: Path, world: dist.World) -> tuple[Path | None, dict | None]:
     warn = log.warning if world.main else (lambda *_: None)
-    if world.main:
-        for left in ckpt.remove_partial(run_dir):
-            log.info(f"removed {left}: a checkpoint whose writing was interrupted")
-    found = ckpt.latest_good(run_dir, warn=warn)
+    found = ckpt.latest_good(run_dir, warn=warn)  # temporary .step-* folders are never candidates
     if found is None and ckpt.candidates(run_dir):
         raise ckpt.CheckpointError(f"every checkpoint in {run_dir / 'checkpoints'} is damaged (see above); "
                                    "move that folder away to start the run again from scratch")
@@ -280,6 +277,8 @@ def _open_folder(run: Run, changes: dict, event: str) -> None:
         run.say(f"{k}: {a!r} -> {b!r} (from global step {p.global_step})")
     run.rows = runs.read_rows(run.run_dir, p.global_step)
     if run.world.main:
+        for left in ckpt.remove_partial(run.run_dir):
+            log.info(f"removed {left}: a checkpoint whose writing was interrupted")
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / runs.SUMMARY).unlink(missing_ok=True)  # the run is not finished while it trains
         save_config(cfg, run.run_dir / runs.CONFIG)

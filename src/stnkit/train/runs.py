@@ -2,7 +2,7 @@
 
     RUN/config.yaml      the resolved config: the truth a resume continues
     RUN/metrics.jsonl    one JSON line per finished epoch
-    RUN/history.jsonl    one JSON line per start and resume: the step, the changes it took, the command
+    RUN/history.jsonl    one JSON line per start and resume: the step, the changes it took, the command line
     RUN/checkpoints/step-N/   atomic, checksummed (checkpoint.py)
     RUN/summary.json     written when the run finishes: what the last epoch measured
 
@@ -84,7 +84,7 @@ def record_start(run_dir: Path, event: str, step: int, epoch: int, changes: dict
     append_line(run_dir / HISTORY, {
         "event": event, "step": step, "epoch": epoch,
         "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()},
-        "processes": processes, "command": " ".join(["stnkit", *sys.argv[1:]]) if sys.argv else None,
+        "processes": processes, "argv": list(sys.argv),  # the process's command line
         "stnkit": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 

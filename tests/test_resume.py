@@ -130,3 +130,20 @@ def test_resume_refuses_what_is_not_a_run_in_one_line(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "rts-cnn-seed0"), "--config", "x.yaml"]) == 2
     assert "not --config" in capsys.readouterr().err
     assert main(["train"]) == 2 and "name an experiment" in capsys.readouterr().err
+
+
+def test_a_finished_run_extended_then_stopped_keeps_no_stale_summary(tmp_path, monkeypatch):
+    assert train(tmp_path, "epochs=1") == 0
+    run = tmp_path / "rts-cnn-seed0"
+    real, calls = objectives.loss_and_errors, {"n": 0}
+
+    def crash(logits, y):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(logits, y)
+
+    monkeypatch.setattr(objectives, "loss_and_errors", crash)
+    assert main(["train", "--resume", str(run), "epochs=3"]) == 130
+    assert not (run / "summary.json").exists()  # not finished: no summary that says it is
+    assert len(rows_of(run)) == 1 and runs.read_config(run).epochs == 3

@@ -29,7 +29,7 @@ from torch import nn
 
 from stnkit.train.config import CONFIGS, build, load_file
 from stnkit.data import make_dataset
-from stnkit.train.engine import build_model
+from stnkit.train.objectives import build_model
 
 B = 256
 

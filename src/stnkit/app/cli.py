@@ -99,7 +99,7 @@ def _torchrun(args) -> int:
 def _train(args) -> int:
     from ..train import engine, runs
     from ..train.config import build, resume_changes
-    from ..train.objectives import objective_for
+    from ..train.objectives import check_processes, objective_for
 
     if args.nproc is not None and args.nproc < 1:
         raise ValueError(f"--nproc must be a positive number of processes, got {args.nproc}")
@@ -111,9 +111,7 @@ def _train(args) -> int:
     else:
         cfg = _config_from(args)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        if not objective_for(cfg).distributed:  # bad settings fail here, once, before any process starts
-            raise ValueError(f"{cfg.experiment} trains in one process only ({objective_for(cfg).why_one_process}); "
-                             "drop --nproc")
+        check_processes(objective_for(cfg), args.nproc)  # bad settings fail here, once, before any process starts
         return _torchrun(args)
     if args.resume and run_dir is not None:
         engine.resume(run_dir, over)

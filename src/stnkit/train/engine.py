@@ -16,7 +16,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from . import distributed as dist
 from . import runs
 from .config import RunConfig, resume_changes
 from .config import save as save_config
-from .objectives import Objective, objective_for
+from .objectives import Objective, autocast, check_processes, objective_for
 from .runs import run_dir_of
 from .stops import StopSignals, TrainingInterrupted
 
@@ -124,10 +123,6 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr * g["lr_mult"]
 
 
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
 def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm import tqdm
 
@@ -182,9 +177,7 @@ def open_run(cfg: RunConfig, objective: Objective, resume: bool, world: dist.Wor
     build data, model and optimizer, restore the newest good checkpoint -> the Run, or None when a
     resumed run is already finished."""
     run_dir = run_dir_of(cfg)
-    if world.size > 1 and not objective.distributed:
-        raise ValueError(f"{objective.name} training runs in one process: {getattr(objective, 'why_one_process', '')}; "
-                         "start it without torchrun or --nproc")
+    check_processes(objective, world.size)
     if cfg.batch_size % world.size:
         raise ValueError(f"config key 'batch_size' = {cfg.batch_size} (the global batch) must be a multiple of "
                          f"the number of processes ({world.size})")

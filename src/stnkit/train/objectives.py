@@ -11,6 +11,7 @@ Two exist: Classification (every experiment but co-localisation) and CoLocalisat
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Protocol
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..data import make_dataset
 from ..models import count_params, create_model, model_options
+from . import distributed as dist
 from .config import COLOC_EXPERIMENTS, RunConfig
 
 
@@ -28,6 +30,7 @@ class Objective(Protocol):
     higher_is_better: bool
     test_keys: tuple[str, ...]  # evaluate()'s keys, copied from the last epoch into summary.json
     distributed: bool  # whether several processes may train it (each on a slice of every batch)
+    why_one_process: str  # if not, why
     classifies: bool  # whether the model's output is class scores (predict)
 
     def datasets(self, cfg: RunConfig) -> tuple: ...
@@ -51,6 +54,17 @@ def objective_for(cfg: RunConfig) -> Objective:
 
         return CoLocalisation(cfg)
     return Classification()
+
+
+def check_processes(objective: Objective, processes: int) -> None:
+    """A clear refusal when several processes would train an objective that needs one."""
+    if processes > 1 and not objective.distributed:
+        raise ValueError(f"{objective.name} training runs in one process only: {objective.why_one_process}; "
+                         "start it without torchrun or --nproc")
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def loss_and_errors(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +99,7 @@ class Classification:
 
     name, metric, higher_is_better = "classification", "test_err", False
     test_keys = ("test_loss", "test_err", "test_n")
-    distributed, classifies = True, True
+    distributed, classifies, why_one_process = True, True, ""
 
     def datasets(self, cfg: RunConfig) -> tuple:
         kw = dict(source=cfg.source, seed=cfg.seed, root=cfg.data_dir)
@@ -115,9 +129,6 @@ class Classification:
                  world=None) -> dict:
         """Test loss and % error over the whole split. In a data-parallel job process r scores
         batches r, r + N, ... and the sums are all-reduced: every image counted exactly once."""
-        from . import distributed as dist
-        from .engine import autocast
-
         world = world or dist.World()
         device = device or next(model.parameters()).device
         was = model.training

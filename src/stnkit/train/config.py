@@ -49,6 +49,8 @@ class RunConfig:
     keep_checkpoints: int = 2
     threads: int | None = None  # torch CPU threads
     progress: bool = True
+    log_every: int = 50  # TensorBoard: training scalars every N steps
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard (pip install stnkit[tb])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -61,7 +63,8 @@ COLOC_MODEL = "coloc-attention"
 # is watched, never what has already been trained. `out` and `name` say where the run lives.
 # (Not eval_batch_size: a generated test set draws its distortions batch by batch, so it is part
 # of what the test set is.)
-RESUMABLE = ("epochs", "threads", "progress", "checkpoint_every", "keep_checkpoints", "data_dir", "device")
+RESUMABLE = ("epochs", "threads", "progress", "checkpoint_every", "keep_checkpoints", "data_dir", "device",
+             "log_every", "tensorboard")
 PLACE = ("out", "name")
 
 
@@ -94,7 +97,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                      "and only for them")
     if cfg.match_budget is not None and cfg.match_budget not in list_models():
         bad("match_budget", f"a model name, one of {list_models()}")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) <= 0:
             bad(key, "a positive integer")
     for key in ("lr", "gamma", "loc_lr_mult"):
@@ -125,6 +128,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             bad(key, "an integer >= 0")
     if not isinstance(cfg.keep_checkpoints, int) or cfg.keep_checkpoints < 1:
         bad("keep_checkpoints", "an integer >= 1")
+    for key in ("progress", "bf16", "fixed_train", "tensorboard"):
+        if not isinstance(getattr(cfg, key), bool):
+            bad(key, "true or false")
     if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
         bad("device", "auto, cpu, cuda or cuda:N")
     return cfg

@@ -165,7 +165,10 @@ def test_batched_equals_per_sample(family, mode):
     kw = dict(mode=mode, padding_mode="border")
     out = stnkit.warp(x, p, family, size, **kw)
     singles = torch.cat([stnkit.warp(x[i : i + 1], p[i : i + 1], family, size, **kw) for i in range(3)])
-    torch.testing.assert_close(out, singles, rtol=1e-6, atol=1e-6)
+    # TPS solves and multiplies its basis batched: another summation order than one at a time, so
+    # float32 rounding (a few 1e-6 on some CPUs) and no more; a mixed-up batch item is off by O(1)
+    tol = 1e-5 if family == "tps" else 1e-6
+    torch.testing.assert_close(out, singles, rtol=tol, atol=tol)
 
 
 # ----------------------------------------------------------------------------- fill

@@ -2,7 +2,8 @@
 what was expected and what came."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -62,6 +63,13 @@ def check_finite(name: str, t: torch.Tensor, what: str = "batch item", hint: str
 
 def _within(limit: float | None) -> str:
     return "" if limit is None else f" and at most {limit:.3g} in magnitude"
+
+
+def did_you_mean(name, known: Iterable) -> str:
+    """"did you mean 'x'?" for the known name closest to a misspelt `name`, or "" when none is close
+    (difflib's similarity ratio below 0.6): the caller appends it to its message."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
 
 
 def check_choice(name: str, value, allowed: Sequence[str], context: str = "") -> None:

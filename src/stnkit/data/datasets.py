@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import did_you_mean
 from .base import Batch
 from .batching import _seed, rank_slices
 from .distort import DISTORTIONS
@@ -79,7 +80,8 @@ class GeneratedDataset:
                  fixed: bool | None = None, digit_class: int | None = None, root=None,
                  digits: Digits | None = None):
         if name not in TASKS:
-            raise ValueError(f"unknown dataset {name!r}; known: {names()}")
+            hint = did_you_mean(name, names())
+            raise ValueError(f"unknown dataset {name!r}; known: {names()}" + (f"; {hint}" if hint else ""))
         self.name, self.split, self.seed = name, split, seed
         self.task = TASKS[name]
         self.fixed = (split == "test") if fixed is None else fixed

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .._checks import did_you_mean
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -26,11 +28,16 @@ def list_models(pattern: str = "") -> list[str]:
     return sorted(n for n in _MODELS if pattern in n)
 
 
+def _check_known(name: str) -> None:
+    if name not in _MODELS:
+        hint = did_you_mean(name, _MODELS)
+        raise ValueError(f"unknown model {name!r}; known: {list_models()}" + (f"; {hint}" if hint else ""))
+
+
 def create_model(name: str, **overrides) -> nn.Module:
     """Build a registered model; `overrides` go to its constructor (in_shape, num_classes, ...).
     The model gets `model_name` and `in_shape` (C, H, W) or (C, D, H, W) attributes."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {list_models()}")
+    _check_known(name)
     try:
         model = _MODELS[name](**overrides)
     except TypeError as e:
@@ -43,8 +50,7 @@ def create_model(name: str, **overrides) -> nn.Module:
 
 def model_options(name: str) -> list[str]:
     """The keyword options a registered model takes."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {list_models()}")
+    _check_known(name)
     return list(inspect.signature(_MODELS[name]).parameters)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .._checks import did_you_mean
 from .._io import atomic_write
 
 
@@ -17,45 +18,83 @@ CONFIGS = Path(__file__).resolve().parent / "configs"  # one YAML per experiment
 
 @dataclass
 class RunConfig:
-    experiment: str = "rts"  # dataset name (stnkit data list)
-    model: str = "st-cnn-affine"  # model name (stnkit.models.list_models()); co-localisation: coloc-attention
-    source: str = "bundled"  # digits: bundled | mnist | fashion-mnist
+    """Every setting of a run; HELP says what each key means (and `stnkit train --help` shows it)."""
+
+    experiment: str = "rts"
+    model: str = "st-cnn-affine"
+    source: str = "bundled"
     data_dir: str | None = None
-    out: str = "runs"  # runs are written to out/name
-    name: str | None = None  # default: experiment-model-seedN
+    out: str = "runs"
+    name: str | None = None
     epochs: int = 10
     batch_size: int = 64
-    optimizer: str = "sgd"  # sgd | adam
+    optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
-    lr_steps: list[int] = field(default_factory=list)  # epochs after which lr *= gamma
+    lr_steps: list[int] = field(default_factory=list)
     gamma: float = 0.1
-    loc_lr_mult: float = 1.0  # learning-rate multiplier of localisation nets and regressions
-    clip_grad: float | None = None  # max gradient norm
+    loc_lr_mult: float = 1.0
+    clip_grad: float | None = None
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = False  # bf16 autocast
-    st_size: str | int | list[int] | None = None  # ST output: None (input size), "half", N or [H, W]; models without an ST ignore it
-    budget: int | None = None  # parameter count to size the model to
-    match_budget: str | None = None  # or: size the model to this other model's count (e.g. "cnn")
-    digit_class: int | None = None  # co-localisation: the one class of the image set (default 3)
-    curriculum_epochs: int = 0  # co-localisation: epochs over which digit placement widens from the centre to the whole canvas
-    restarts: int = 1  # co-localisation: transformers trained side by side from different starts; the lowest final training loss is kept
-    fixed_train: bool = False  # reuse epoch 0's training distortions every epoch
-    steps_per_epoch: int | None = None  # cap (quick runs and tests)
-    eval_batch_size: int = 500  # a generated test set draws its distortions batch by batch: this is part of what it is
-    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
+    device: str = "auto"
+    bf16: bool = False
+    st_size: str | int | list[int] | None = None
+    budget: int | None = None
+    match_budget: str | None = None
+    digit_class: int | None = None
+    curriculum_epochs: int = 0
+    restarts: int = 1
+    fixed_train: bool = False
+    steps_per_epoch: int | None = None
+    eval_batch_size: int = 500
+    checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    threads: int | None = None  # torch CPU threads
+    threads: int | None = None
     progress: bool = True
-    log_every: int = 50  # TensorBoard: training scalars every N steps
-    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard (pip install stnkit[tb])
+    log_every: int = 50
+    tensorboard: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+HELP = {  # one line per key of RunConfig: the one place that says what a key means
+    "experiment": "dataset to train on (stnkit data list)",
+    "model": "model name (stnkit.models.list_models()); co-localisation: coloc-attention",
+    "source": "digits the generated datasets draw from: bundled | mnist | fashion-mnist",
+    "data_dir": "data directory (null: $STNKIT_DATA, else ~/.cache/stnkit)",
+    "out": "folder of run folders: a run is written to out/name",
+    "name": "run folder name (null: experiment-model-seedN)",
+    "epochs": "passes over the training set",
+    "batch_size": "training examples per step (data-parallel: the global batch, split over processes)",
+    "optimizer": "sgd | adam",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "L2 weight decay",
+    "lr_steps": "epochs after which lr *= gamma, e.g. [5, 8]",
+    "gamma": "learning-rate factor at each of lr_steps",
+    "loc_lr_mult": "learning-rate multiplier of localisation nets and regressions",
+    "clip_grad": "max gradient norm (null: no clipping)",
+    "seed": "random seed: weights, data order and distortions",
+    "device": "auto | cpu | cuda | cuda:N",
+    "bf16": "bf16 autocast",
+    "st_size": "ST output size: null (the input's), half, N or [H, W]; models without an ST ignore it",
+    "budget": "parameter count to size the model to (null: the model's own size)",
+    "match_budget": "or: size the model to this other model's parameter count (e.g. cnn)",
+    "digit_class": "co-localisation: the one digit class of the image set (null: 3)",
+    "curriculum_epochs": "co-localisation: epochs over which digit placement widens from the centre to the canvas",
+    "restarts": "co-localisation: transformers trained side by side; the lowest final training loss is kept",
+    "fixed_train": "reuse epoch 0's training distortions every epoch",
+    "steps_per_epoch": "cap on steps per epoch, for quick runs and tests (null: the whole training set)",
+    "eval_batch_size": "test batch size; part of what a generated test set is (distortions drawn per batch)",
+    "checkpoint_every": "also checkpoint every N steps inside an epoch (0: at epoch ends only)",
+    "keep_checkpoints": "checkpoints kept in the run folder, newest first",
+    "threads": "torch CPU threads (null: torch's default)",
+    "progress": "progress bars (on a terminal)",
+    "log_every": "TensorBoard: training scalars every N steps",
+    "tensorboard": "also write TensorBoard event files to RUN/tensorboard (pip install stnkit[tb])",
+}
 _CHOICES = {"optimizer": ("sgd", "adam"), "source": ("bundled", "mnist", "fashion-mnist")}
 COLOC_EXPERIMENTS = ("coloc", "coloc-clutter")  # trained with the co-localisation objective
 COLOC_MODEL = "coloc-attention"
@@ -80,23 +119,25 @@ def validate(cfg: RunConfig) -> RunConfig:
     from ..data import names as dataset_names
     from ..models import list_models
 
-    def bad(key, allowed):
-        raise ValueError(f"config key {key!r} = {getattr(cfg, key)!r} is not allowed: {allowed}")
+    def bad(key, allowed, known=()):
+        hint = did_you_mean(getattr(cfg, key), known)
+        raise ValueError(f"config key {key!r} = {getattr(cfg, key)!r} is not allowed: {allowed}"
+                         + (f"; {hint}" if hint else ""))
 
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            bad(key, f"one of {list(allowed)}")
+            bad(key, f"one of {list(allowed)}", allowed)
     if not _is_size(cfg.st_size):
         bad("st_size", "null (the input's size), 'half', a positive integer N (N x N) or [H, W] of positive integers")
     if cfg.experiment not in dataset_names():
-        bad("experiment", f"one of {dataset_names()}")
+        bad("experiment", f"one of {dataset_names()}", dataset_names())
     if cfg.model not in list_models():
-        bad("model", f"one of {list_models()}")
+        bad("model", f"one of {list_models()}", list_models())
     if (cfg.experiment in COLOC_EXPERIMENTS) != (cfg.model == COLOC_MODEL):
         bad("model", f"{COLOC_MODEL!r} for the co-localisation experiments {list(COLOC_EXPERIMENTS)}, "
                      "and only for them")
     if cfg.match_budget is not None and cfg.match_budget not in list_models():
-        bad("match_budget", f"a model name, one of {list_models()}")
+        bad("match_budget", f"a model name, one of {list_models()}", list_models())
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) <= 0:
             bad(key, "a positive integer")
@@ -155,7 +196,10 @@ def build(base: dict | None = None, overrides: dict | None = None) -> RunConfig:
     merged = {**(base or {}), **(overrides or {})}
     unknown = sorted(set(merged) - known)
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        hints = {k: did_you_mean(k, known) for k in unknown}
+        which = ", ".join(f"{k!r} ({hint})" if hint else repr(k) for k, hint in hints.items())
+        raise ValueError(f"unknown config key{'s' * (len(unknown) > 1)} {which}; known keys: {sorted(known)} "
+                         "(stnkit train --help says what each means)")
     return validate(RunConfig(**merged))
 
 

@@ -48,11 +48,14 @@ def test_cli_prints_the_models_classes_and_writes_the_transformer_output(run, tm
     for i, f in enumerate(files):
         p, c = probs[i].topk(2)
         assert f"{f}: {c[0]} ({p[0]:.3f}), {c[1]} ({p[1]:.3f})" in out
-        warped = torch.from_numpy(np.array(Image.open(tmp_path / f"{f.stem}.st.png")))  # (28, 28, 3) grey
+        warped = Image.open(tmp_path / f"{f.stem}.st.png")
+        assert warped.mode == "L"  # grey, at the transformer's own resolution
         with torch.no_grad():
             expect = (st(x[i:i + 1])[0, 0].clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-        assert torch.equal(warped[..., 0], expect)
+        assert torch.equal(torch.from_numpy(np.array(warped)), expect)
         assert f"transformer output: {tmp_path / f'{f.stem}.st.png'}" in out
+        assert f"figure: {tmp_path / f'{f.stem}.predict.png'}" in out
+        assert Image.open(tmp_path / f"{f.stem}.predict.png").size[0] > 400  # enlarged, beside the top classes
 
 
 def test_images_are_read_grey_resized_and_scaled_like_the_training_data(tmp_path):

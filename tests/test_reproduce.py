@@ -36,6 +36,7 @@ def test_run_writes_markdown_beside_the_paper_and_reuses_finished_rows(tmp_path,
         return run
 
     monkeypatch.setattr("stnkit.train.engine.train", fake_train)
+    monkeypatch.setattr(reproduce, "figures", lambda *a: "")  # fake runs have no weights to draw
     path = reproduce.run("tc", "quick", seeds=2, out=str(tmp_path))
     text = path.read_text()
     assert "| cnn | 10.5 ± 0.7 | 3.5 |" in text and "| st-cnn-affine | 2.5 ± 0.7 | 1.7 |" in text
@@ -76,6 +77,7 @@ def test_rows_picks_a_subset_and_names_unknown_patterns(tmp_path, monkeypatch):
         (run / "summary.json").write_text(json.dumps({"test_err": 50.0, "wall_s": 60.0}))
 
     monkeypatch.setattr("stnkit.train.engine.train", fake_train)
+    monkeypatch.setattr(reproduce, "figures", lambda *a: "")  # fake runs have no weights to draw
     text = reproduce.run("addition", "quick", out=str(tmp_path), rows=["fcn"]).read_text()
     assert "| fcn | 50.0 | 47.7 |" in text and "| cnn | - | 14.7 |" in text and "--rows fcn" in text
     # a run saved before a config key existed holds that key's default: still reused
@@ -98,6 +100,7 @@ def test_coloc_table_scores_iou_and_reuses_finished_runs(tmp_path, monkeypatch):
         return run
 
     monkeypatch.setattr("stnkit.train.engine.train", fake_train)
+    monkeypatch.setattr(reproduce, "figures", lambda *a: "")  # fake runs have no weights to draw
     text = reproduce.run("coloc", "quick", seeds=2, out=str(tmp_path)).read_text()
     assert "IoU > 0.5" in text and "| attention ST, triplet loss | 90.0 ± 0.0 | 100.0 | 60.0 ± 0.0 | 75-93 |" in text
     assert trained == [("coloc", 3)] * 2 + [("coloc-clutter", 3)] * 2
@@ -114,6 +117,7 @@ def fake_engine(tmp_path, monkeypatch, value=lambda cfg: 1.0):
         return run
 
     monkeypatch.setattr("stnkit.train.engine.train", fake_train)
+    monkeypatch.setattr(reproduce, "figures", lambda *a: "")  # fake runs have no weights to draw
 
 
 def test_the_record_holds_every_override_and_flags_cells_that_ran_otherwise(tmp_path, monkeypatch, capsys):
@@ -139,3 +143,14 @@ def test_cub_without_files_says_where_to_put_them(tmp_path, capsys):
     assert main(["reproduce", "cub", "--out", str(tmp_path), f"data_dir={tmp_path / 'nothing'}"]) == 2
     err = capsys.readouterr().err
     assert "CUB_200_2011" in err and "nothing" in err
+
+
+def test_the_report_shows_what_each_transformer_learned_and_how_to_read_it(tmp_path):
+    from stnkit.app.figures import HOW_TO_READ
+
+    over = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 16, "eval_batch_size": 100, "progress": False}
+    text = reproduce.run("tc", "quick", out=str(tmp_path), rows=["cnn", "st-cnn-affine"], overrides=over).read_text()
+    assert "## What the transformers learned" in text and HOW_TO_READ["classes"] in text
+    assert "![tc: st-cnn-affine](tc-quick/tc-st-cnn-affine.png)" in text
+    assert (tmp_path / "tc-quick/tc-st-cnn-affine.png").is_file()
+    assert not (tmp_path / "tc-quick/tc-cnn.png").exists()  # a baseline has no transformer to show

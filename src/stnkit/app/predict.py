@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from .._io import require
-from .figures import record_transformers
-from .plots import to_rgb, write_png
+from .._io import atomic_write
+from .figures import prediction_figure, record_transformers
+from .plots import save_figure
 
 __all__ = ["load_image", "predict", "predict_files"]
 
@@ -46,19 +47,36 @@ def predict(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch
     (B, C', H', W') of every transformer that warps the input itself, in call order)."""
     model.eval()
     logits, calls = record_transformers(model, x)
-    return logits.float().softmax(-1), [out for _, inp, out in calls if inp is x]
+    return logits.float().softmax(-1), [out for _, inp, out, _ in calls if inp is x]
 
 
 def _name(prefix: str, k: int, n: int) -> str:
     return f"{prefix}.st.png" if n == 1 else f"{prefix}.st{k + 1}.png"
 
 
+def write_image(path: Path, x: torch.Tensor) -> Path:
+    """x: (C, H, W) in [0, 1], C = 1 or 3 (other C: its first channel) -> an 8-bit PNG of exactly
+    those pixels (grey or RGB), written whole then renamed."""
+    import io
+
+    Image = require("PIL.Image", "writing images", "pillow")
+    pixels = (x.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    pixels = pixels if pixels.shape[0] == 3 else pixels[:1]
+    im = Image.fromarray(pixels.permute(1, 2, 0).squeeze(-1).numpy() if pixels.shape[0] == 1
+                         else pixels.permute(1, 2, 0).numpy())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return atomic_write(path, buf.getvalue())
+
+
 def predict_files(model: nn.Module, files: Sequence[str | Path], out: str | Path | None = None,
                   top: int = 3, invert: bool = False) -> list[dict]:
-    """Classify image files and write each transformer's output as PNG beside each input (or in
-    out): IMAGE.st.png, or IMAGE.st1.png, IMAGE.st2.png... for several transformers.
-    -> one {"file", "top": [(class, probability)...], "warped": [paths]} per file (sequence
-    models: "top" holds the best class of each position)."""
+    """Classify image files and write, beside each input (or in out), each transformer's output
+    at its own resolution (IMAGE.st.png, or IMAGE.st1.png, IMAGE.st2.png... for several
+    transformers) and a figure (IMAGE.predict.png): the input and the outputs side by side,
+    enlarged, with the top classes.
+    -> one {"file", "top": [(class, probability)...], "warped": [paths], "figure": path} per file
+    (sequence models: "top" holds the best class of each position)."""
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     x = torch.stack([load_image(f, model.in_shape, invert) for f in files])  # (N, C, H, W); every file checked first
@@ -74,7 +92,8 @@ def predict_files(model: nn.Module, files: Sequence[str | Path], out: str | Path
             top_k = list(zip(best.indices.tolist(), best.values.tolist()))
         else:  # a sequence: the best class of every position
             top_k = list(zip(best.indices[:, 0].tolist(), best.values[:, 0].tolist()))
-        paths = [write_png(folder / _name(f.stem, j, len(warped)), to_rgb(w[i:i + 1].clamp(0, 1))[0])
-                 for j, w in enumerate(warped)]
-        results.append({"file": f, "top": top_k, "warped": paths})
+        paths = [write_image(folder / _name(f.stem, j, len(warped)), w[i]) for j, w in enumerate(warped)]
+        fig = prediction_figure(x[i], [w[i] for w in warped], top_k, p.dim() > 1, f.name)
+        results.append({"file": f, "top": top_k, "warped": paths,
+                        "figure": save_figure(fig, folder / f"{f.stem}.predict.png")})
     return results

@@ -181,6 +181,27 @@ def markdown(table: str, cells: dict[tuple[str, str], Cell], command: str, budge
                if folders else ""))
 
 
+def figures(cells: dict[tuple[str, str], Cell], out: Path, stem: str) -> str:
+    """What the transformers of each cell learned (its first run), as OUT/STEM/COLUMN-MODEL.png
+    -> the report's markdown for them, with how to read each kind of figure once."""
+    from .figures import HOW_TO_READ, NoTransformer, run_figure
+    from .plots import save_figure
+
+    parts, kinds = [], []
+    for (column, model), cell in cells.items():
+        try:
+            fig, kind = run_figure(cell.folders[0], 8, seed=0)
+        except NoTransformer:  # the baselines
+            continue
+        path = save_figure(fig, out / stem / f"{column}-{model}.png".replace(" ", "_").replace(",", ""))
+        parts.append(f"![{column}: {model}]({path.relative_to(out)})")
+        kinds += [kind] if kind not in kinds else []
+    if not parts:
+        return ""
+    return ("\n## What the transformers learned\n\n" + " ".join(HOW_TO_READ[k] for k in kinds) + "\n\n"
+            + "\n\n".join(parts) + "\n")
+
+
 def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = "runs/reproduce",
         overrides=None, real: bool = False, rows: list[str] | None = None, command: str | None = None) -> Path:
     """Train every unfinished run of the table (finished ones are reused: a stopped reproduce
@@ -193,7 +214,8 @@ def run(table: str, budget: str = "quick", seeds: int | None = None, out: str = 
         if not runs.finished(cfg):
             engine.train(cfg, resume=True)
     command = command or command_line(table, budget, seeds, overrides, real, rows)
-    md = markdown(table, collect(table, budget, seeds, out, overrides, real), command, budget, overrides)
+    cells = collect(table, budget, seeds, out, overrides, real)
+    md = markdown(table, cells, command, budget, overrides) + figures(cells, Path(out), f"{table}-{budget}")
     path = atomic_write(Path(out) / f"{table}-{budget}.md", md)
     log.info(md)
     return path

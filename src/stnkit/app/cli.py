@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from .._checks import did_you_mean
+
 
 def _data_list(args) -> int:
     from ..data import DESCRIPTIONS
@@ -20,11 +22,11 @@ def _data_list(args) -> int:
 
 def _data_show(args) -> int:
     from .figures import sample_figure
-    from .plots import write_png
+    from .plots import save_figure
 
     out = Path(args.out or f"{args.name}.png")
-    img, labels = sample_figure(args.name, args.n, args.split, args.seed, source=args.source, root=args.data_dir)
-    write_png(out, img)
+    fig, labels = sample_figure(args.name, args.n, args.split, args.seed, source=args.source, root=args.data_dir)
+    save_figure(fig, out)
     print(f"wrote {out} ({args.n} {args.split} samples of {args.name!r} from {args.source}); labels, row by row:")
     rows = labels.tolist()
     for i in range(0, len(rows), 8):
@@ -122,6 +124,15 @@ def _train(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from .curves import plot_runs
+
+    out = plot_runs(args.runs, args.out)
+    print(f"wrote {out}: error, loss and learning rate per epoch of {len(args.runs)} run(s); "
+          "one colour per run, training dashed, test solid")
+    return 0
+
+
 def _eval(args) -> int:
     from ..train.objectives import objective_for
     from ..train.runs import load_run
@@ -134,14 +145,13 @@ def _eval(args) -> int:
 
 
 def _show(args) -> int:
-    from ..train.runs import load_run
-    from .figures import transformer_figure
-    from .plots import write_png
+    from .figures import HOW_TO_READ, run_figure
+    from .plots import save_figure
 
-    cfg, model, test = load_run(args.run)
     out = Path(args.out or Path(args.run) / "transformers.png")
-    write_png(out, transformer_figure(model, test.sample(args.n, seed=args.seed).x))
-    print(f"wrote {out}: {args.n} test inputs with the region each transformer sampled, then its output")
+    fig, kind = run_figure(args.run, args.n, args.seed)
+    save_figure(fig, out)
+    print(f"wrote {out}. {HOW_TO_READ[kind]}")
     return 0
 
 
@@ -167,7 +177,8 @@ def _predict(args) -> int:
                          f"see what it crops with: stnkit show {args.run}")
     for r in predict_files(model, args.images, args.out, top=args.top, invert=args.invert):
         best = ", ".join(f"{c} ({p:.3f})" for c, p in r["top"])
-        print(f"{r['file']}: {best}" + "".join(f"\n  transformer output: {w}" for w in r["warped"]))
+        print(f"{r['file']}: {best}" + "".join(f"\n  transformer output: {w}" for w in r["warped"])
+              + f"\n  figure: {r['figure']}")
     return 0
 
 
@@ -188,43 +199,83 @@ def _reproduce(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that adds "did you mean ...?" to a misspelt subcommand or choice."""
+
+    def _check_value(self, action, value):
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as e:
+            hint = did_you_mean(value, action.choices or ())
+            if not hint:
+                raise
+            raise argparse.ArgumentError(action, f"{e.message}; {hint}") from None
+
+
+def _typed(value) -> str:
+    """A config value as it is typed after key= (read as YAML): null, true, [5, 8]."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _config_keys() -> str:
+    """The epilog of `stnkit train --help`: every config key with its default and meaning."""
+    from ..train.config import HELP, RESUMABLE, RunConfig
+
+    rows = [f"  {k:<18} {_typed(v):<14} {HELP[k]}" for k, v in RunConfig().to_dict().items()]
+    return "\n".join([
+        "config keys, their defaults and meanings. Give them as key=value after the experiment (values read",
+        "as YAML: stnkit train rts epochs=5 lr_steps=[3,4] clip_grad=null), or as `key: value` lines of a",
+        "YAML file with --config FILE; an experiment's shipped config (stnkit/train/configs/) sets some",
+        "first. The resolved config is saved as RUN/config.yaml.",
+        "", *rows, "",
+        "--resume continues a run with its own config.yaml; key=value may then change only",
+        f"{', '.join(RESUMABLE)}.",
+    ])
+
+
 def parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from ..train.config import RESUMABLE
 
-    p = argparse.ArgumentParser(prog="stnkit", description="Spatial Transformer Networks for PyTorch.")
+    p = _Parser(prog="stnkit", description="Spatial Transformer Networks for PyTorch.")
     p.add_argument("--version", action="version", version=f"stnkit {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, help="what to do (stnkit COMMAND --help: its options)")
     d = sub.add_parser("demo", help="CNN vs ST-CNN on RTS-distorted MNIST in a few minutes, with a figure")
     d.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
-    d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs (default: its config's)")
     d.set_defaults(func=_demo)
-    t = sub.add_parser("train", help="train a model on an experiment's dataset, or continue a run")
+    t = sub.add_parser("train", help="train a model on an experiment's dataset, or continue a run",
+                       epilog=_config_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("experiment", nargs="?",
                    help="dataset name (stnkit data list), e.g. rts, tc, addition; with --resume also a run folder")
     t.add_argument("--model", help="model name (default: the experiment config's)")
     t.add_argument("--config", help="a YAML config file (default: the experiment's shipped config)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run (a run folder, or the one EXPERIMENT --model ... names) from its newest good "
-                        "checkpoint, with its own config.yaml; key=value may only extend epochs or change "
-                        "threads, progress, checkpointing, eval_batch_size, data_dir, device")
+                        f"checkpoint, with its own config.yaml; key=value may only change {', '.join(RESUMABLE)}")
     t.add_argument("--nproc", type=int, default=None,
                    help="data-parallel processes on this machine (runs torchrun --standalone; gloo on CPU, NCCL on GPUs)")
-    t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=5 lr=0.05")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=5 lr=0.05 (keys: below)")
     t.set_defaults(func=_train)
     e = sub.add_parser("eval", help="test error of a trained run")
-    e.add_argument("run", help="run folder")
+    e.add_argument("run", help="run folder (holding config.yaml and checkpoints)")
     e.set_defaults(func=_eval)
+    pl = sub.add_parser("plot", help="training curves of one or more runs, overlaid (e.g. CNN vs ST-CNN)")
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run folders; each is one colour, labelled by its name")
+    pl.add_argument("--out", default="curves.png", help="PNG path (default: %(default)s in the current folder)")
+    pl.set_defaults(func=_plot)
     s = sub.add_parser("show", help="figure: what each transformer of a trained run looks at")
     s.add_argument("run", help="run folder")
     s.add_argument("--out", help="PNG path (default RUN/transformers.png)")
-    s.add_argument("-n", type=int, default=12)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-n", type=int, default=12, help="test inputs to show, four to a row (default %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="seed that picks the test inputs (default %(default)s)")
     s.set_defaults(func=_show)
     x = sub.add_parser("export", help="write a trained run as ONNX or TorchScript, transformers included")
     x.add_argument("run", help="run folder")
-    x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    x.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="onnx or torchscript")
     x.add_argument("--out", help="output file (default RUN/model.onnx or RUN/model.pt)")
-    x.add_argument("--check", type=int, default=256, help="compare with PyTorch on this many test images (0: skip)")
+    x.add_argument("--check", type=int, default=256,
+                   help="compare with PyTorch on this many test images (0: skip; default %(default)s)")
     x.add_argument("--legacy", action="store_true", help="ONNX: the TorchScript-based exporter (torch < 2.5; no 3D)")
     x.set_defaults(func=_export)
     pr = sub.add_parser("predict", help="classify image files; write what each transformer made of them")
@@ -236,30 +287,37 @@ def parser() -> argparse.ArgumentParser:
                     help="dark ink on light paper: invert the images (the digit datasets are light on dark)")
     pr.set_defaults(func=_predict)
     r = sub.add_parser("reproduce", help="every row of a paper table, beside the published numbers")
-    r.add_argument("table", choices=["table1", "tc", "addition", "svhn", "cub", "3d", "coloc"])
-    r.add_argument("--budget", default="quick", choices=["quick", "paper"])
+    r.add_argument("table", choices=["table1", "tc", "addition", "svhn", "cub", "3d", "coloc"],
+                   help="the paper's table: table1 (distorted MNIST), tc, addition, svhn, cub, 3d or coloc")
+    r.add_argument("--budget", default="quick", choices=["quick", "paper"],
+                   help="quick: the shipped configs, 1 seed; paper: the paper's schedule (640 epochs of batch 256), "
+                        "3 seeds, for a GPU and full MNIST (source=mnist) (default %(default)s)")
     r.add_argument("--seeds", type=int, default=None, help="seeds per row (quick: 1, paper: 3)")
-    r.add_argument("--out", default="runs/reproduce")
+    r.add_argument("--out", default="runs/reproduce", help="folder for the runs and the table (default %(default)s)")
     r.add_argument("--real", action="store_true",
                    help="svhn: train on your SVHN files (DATA/svhn) instead of the MNIST-sequence stand-in")
     r.add_argument("--rows", help="only these rows: comma-separated model names or patterns (e.g. 'fcn,*st-fcn-*'); "
                                   "the others show '-' in the table")
     r.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     r.set_defaults(func=_reproduce)
-    data = sub.add_parser("data", help="datasets: list, look at, download").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="datasets: list, look at, download").add_subparsers(
+        dest="data_command", required=True, help="what to do with the datasets")
     data.add_parser("list", help="the paper's datasets").set_defaults(func=_data_list)
     show = data.add_parser("show", help="write a PNG grid of samples from a dataset")
     show.add_argument("name", help="a dataset name (see `stnkit data list`)")
     show.add_argument("--out", help="PNG path (default NAME.png)")
     show.add_argument("-n", type=int, default=32, help="number of samples (default 32)")
-    show.add_argument("--split", default="test", choices=["train", "test"])
-    show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--source", default="bundled", choices=["bundled", "mnist", "fashion-mnist"])
+    show.add_argument("--split", default="test", choices=["train", "test"],
+                      help="the split the samples come from (default %(default)s)")
+    show.add_argument("--seed", type=int, default=0, help="seed of the samples drawn (default %(default)s)")
+    show.add_argument("--source", default="bundled", choices=["bundled", "mnist", "fashion-mnist"],
+                      help="digits the samples are made from (default %(default)s: 5,000 MNIST digits, no "
+                           "download; mnist: stnkit data download mnist)")
     show.add_argument("--data-dir", help="data directory (default $STNKIT_DATA or ~/.cache/stnkit)")
     show.set_defaults(func=_data_show)
     dl = data.add_parser("download", help="download full MNIST (needs internet; SHA-256 checked)")
-    dl.add_argument("what", choices=["mnist"])
-    dl.add_argument("--data-dir")
+    dl.add_argument("what", choices=["mnist"], help="the dataset to download: mnist")
+    dl.add_argument("--data-dir", help="data directory (default $STNKIT_DATA or ~/.cache/stnkit); MNIST goes to DIR/mnist")
     dl.set_defaults(func=_data_download)
     return p
 

@@ -27,7 +27,7 @@ from ..layers import LocalisationDiverged
 from ..models import count_params, transformers
 from . import checkpoint as ckpt
 from . import distributed as dist
-from . import runs
+from . import logs, runs
 from .config import RunConfig, resume_changes
 from .config import save as save_config
 from .objectives import Objective, autocast, check_processes, objective_for
@@ -72,6 +72,7 @@ class Run:
     t0: float = 0.0
     last_saved: Path | None = None
     stop: StopSignals | None = None
+    logs: logs.RunLogs | None = None
 
     def say(self, text: str) -> None:
         if self.world.main:  # one voice for a multi-process run
@@ -144,6 +145,7 @@ def train(cfg: RunConfig, objective: Objective | None = None, *, resume: bool = 
     batch, split evenly over the processes; only rank 0 writes the run folder."""
     objective = objective or objective_for(cfg)
     world = dist.setup(device_of(cfg).type)
+    run = None
     try:
         run = open_run(cfg, objective, resume, world)
         if run is None:
@@ -154,6 +156,8 @@ def train(cfg: RunConfig, objective: Objective | None = None, *, resume: bool = 
                 one_epoch(run, epoch)
         return finish(run)
     finally:
+        if run is not None and run.logs is not None:
+            run.logs.close()  # however the run ended: no handler or writer is left open
         dist.teardown(world)
 
 
@@ -174,10 +178,24 @@ def resume(run_dir: str | Path, overrides: dict | None = None, objective: Object
 
 def open_run(cfg: RunConfig, objective: Objective, resume: bool, world: dist.World) -> Run | None:
     """Check the folder's rules and the config (nothing is written before every check passed),
-    build data, model and optimizer, restore the newest good checkpoint -> the Run, or None when a
-    resumed run is already finished."""
+    build data, model and optimizer, restore the newest good checkpoint -> the Run (its logs
+    open, holding what was said meanwhile), or None when a resumed run is already finished."""
+    with logs.Early() as early:
+        run = _open_run(cfg, objective, resume, world)
+    if run is not None:
+        run.logs = logs.RunLogs(run.run_dir, cfg, world.main, run.progress.global_step, early.lines)
+        try:
+            run.logs.rows(run.rows)
+        except BaseException:  # train() never saw this run: let its logs go here
+            run.logs.close()
+            raise
+    return run
+
+
+def _open_run(cfg: RunConfig, objective: Objective, resume: bool, world: dist.World) -> Run | None:
     run_dir = run_dir_of(cfg)
     check_processes(objective, world.size)
+    logs.check(cfg)
     if cfg.batch_size % world.size:
         raise ValueError(f"config key 'batch_size' = {cfg.batch_size} (the global batch) must be a multiple of "
                          f"the number of processes ({world.size})")
@@ -322,6 +340,8 @@ def one_epoch(run: Run, epoch: int) -> dict:
     run.rows.append(row)
     if run.world.main:
         runs.append_line(run.run_dir / runs.METRICS, row)
+        run.logs.epoch(run.rows, logs.transformer_figure_of(run.model, run.test_ds, run.objective.classifies,
+                                                            run.device) if cfg.tensorboard else None)
     every = max(1, cfg.epochs // 50)
     if (epoch + 1) % every == 0 or epoch + 1 in (1, cfg.epochs):
         run.say(f"epoch {epoch + 1}/{cfg.epochs}: {run.objective.describe(row)} | {row['wall_s']:.0f} s")
@@ -357,6 +377,8 @@ def one_step(run: Run, batch, epoch: int, i: int) -> bool:
     run.opt.step()
     p.global_step += 1
     p.step_in_epoch = i + 1
+    if run.logs is not None:
+        run.logs.step(p.global_step, value, run.opt.param_groups[0]["lr"] / run.opt.param_groups[0]["lr_mult"])
     for k, v in zip(stats, values[1:]):
         p.sums[k] = p.sums.get(k, 0.0) + v
     p.seen += len(batch.y)

@@ -5,6 +5,10 @@
     RUN/history.jsonl    one JSON line per start and resume: the step, the changes it took, the command line
     RUN/checkpoints/step-N/   atomic, checksummed (checkpoint.py)
     RUN/summary.json     written when the run finishes: what the last epoch measured
+    RUN/metrics.csv      metrics.jsonl as a table, rewritten whole at each epoch end and on resume
+    RUN/curves.png       error, loss and learning rate per epoch, redrawn at each epoch end
+    RUN/train.log        the console's lines, appended on resume
+    RUN/tensorboard/     event files, when tensorboard=true (these four: logs.py)
 
 Rules: a new run never writes into a folder that holds one; a resume continues the folder's own
 config, taking only changes that leave what has been trained alone (config.RESUMABLE).

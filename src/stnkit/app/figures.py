@@ -134,10 +134,12 @@ def transformer_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None
     ncol = ncol or min(B, 4)
     nrow = math.ceil(B / ncol)
     ratios = [inputs.shape[2] / H] + [o.shape[2] / o.shape[1] for _, o in outs]
-    fig = new_figure(ncol * (sum(ratios) * PANEL + 0.3), nrow * (PANEL + 0.3) + 0.5 + 0.25 * bool(title))
+    several = sum(on_input for _, _, on_input, _ in shown) > 1  # regions drawn on the input
+    legend = len(shown) > 1 or boxes is not None
+    fig = new_figure(ncol * (sum(ratios) * PANEL + 0.3),
+                     nrow * (PANEL + 0.45) + 0.55 + 0.25 * bool(title) + 0.25 * legend)
     gap = 0.2  # between examples, in panel heights
     cells = fig.add_gridspec(nrow, ncol * (len(ratios) + 1) - 1, width_ratios=(ratios + [gap]) * (ncol - 1) + ratios)
-    several = len(calls) > 1
     for b in range(B):
         r, c0 = b // ncol, (b % ncol) * (len(ratios) + 1)
         first_row = r == 0
@@ -156,11 +158,11 @@ def transformer_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None
             _draw_box(ax, boxes[b], shown, calls, b, (H, W))
         for j, (k, img) in enumerate(outs):
             oax = fig.add_subplot(cells[r, c0 + 1 + j], gid=f"output{b}.{k}")
-            image_axes(oax, img[b], (f"ST {k + 1} output" if several else "ST output") if first_row else None)
+            image_axes(oax, img[b], (f"ST {k + 1} output" if len(shown) > 1 else "ST output") if first_row else None)
             for side in oax.spines.values():
                 side.set_edgecolor(colour(k))
                 side.set_linewidth(2)
-    _legend(fig, calls, shown, boxes is not None)
+    _legend(fig, shown, boxes is not None)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
@@ -183,12 +185,12 @@ def _draw_box(ax, box, shown, calls, b: int, size_hw) -> None:
     ax.set_xlabel(f"IoU {v:.2f}", fontsize=7, color=RIGHT if v > 0.5 else WRONG)
 
 
-def _legend(fig, calls, shown, boxes: bool) -> None:
-    """One entry per transformer (its colour and family) when several run, plus the true box."""
+def _legend(fig, shown, boxes: bool) -> None:
+    """One entry per transformer shown (its colour and family) when several are, plus the true box."""
     from matplotlib.lines import Line2D
 
     handles = []
-    if len(calls) > 1 or boxes:
+    if len(shown) > 1 or boxes:
         handles = [Line2D([], [], color=colour(k), lw=2, label=f"ST {k + 1} ({st.transform.name})")
                    for k, st, _, _ in shown]
     if boxes:

@@ -22,11 +22,19 @@ from stnkit.train.stops import TrainingInterrupted
 from test_engine import cfg_for, rows_of
 
 
+def set_level(level):
+    """setLevel, not the attribute: logging caches what each level lets through."""
+    logging.getLogger("stnkit").setLevel(level)
+
+
 @pytest.fixture(autouse=True)
-def info_level(monkeypatch):
+def info_level():
     """stnkit's logger at INFO, as the command line sets it (the tests below that are about
-    library callers set it otherwise)."""
-    monkeypatch.setattr(logging.getLogger("stnkit"), "level", logging.INFO)
+    library callers set it otherwise), and back afterwards."""
+    before = logging.getLogger("stnkit").level
+    set_level(logging.INFO)
+    yield
+    set_level(before)
 
 
 def csv_rows(run):
@@ -97,8 +105,9 @@ def test_a_resume_that_drops_epochs_rewrites_the_csv(tmp_path, monkeypatch):
 
 def test_the_log_file_gets_info_lines_for_a_library_caller_and_the_level_comes_back(tmp_path, monkeypatch):
     logger = logging.getLogger("stnkit")
-    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # nobody configured logging (pytest does)
-    monkeypatch.setattr(logger, "level", logging.WARNING)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # nobody configured logging (pytest does,
+    monkeypatch.setattr(logger, "handlers", [])  # and the command line, when a test ran it before)
+    set_level(logging.WARNING)
     run = engine.train(cfg_for(tmp_path, epochs=1))
     assert "epoch 1/1" in (run / "train.log").read_text()
     assert logger.level == logging.WARNING
@@ -110,7 +119,8 @@ def test_a_callers_own_logging_levels_are_kept(tmp_path, monkeypatch):
     console = io.StringIO()
     handler = logging.StreamHandler(console)  # what logging.basicConfig(level=WARNING) sets up
     monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
-    monkeypatch.setattr(logging.getLogger("stnkit"), "level", logging.WARNING)
+    monkeypatch.setattr(logging.getLogger("stnkit"), "handlers", [])
+    set_level(logging.WARNING)
     engine.train(cfg_for(tmp_path, epochs=1))
     assert "epoch 1/1" not in console.getvalue()  # the caller's console stays as quiet as they asked
 

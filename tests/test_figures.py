@@ -204,3 +204,12 @@ def test_prediction_figure_shows_input_output_and_top_classes_in_order():
     assert [t.get_text() for t in bars.get_yticklabels()] == ["7", "1", "9"]
     assert [round(p.get_width(), 3) for p in bars.patches] == [0.8, 0.15, 0.05]
     assert bars.get_title() == "top 3 classes"
+
+
+def test_the_how_to_read_sentences_name_what_each_figure_draws():
+    from stnkit.app.figures import HOW_TO_READ
+
+    classes, boxes = HOW_TO_READ["classes"], HOW_TO_READ["boxes"]
+    assert "one colour per transformer" in classes and "deformed sampling grid" in classes
+    assert "the true and the predicted class, wrong ones in red" in classes
+    assert "true box (white, dashed)" in boxes and "IoU" in boxes and "0.5" in boxes

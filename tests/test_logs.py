@@ -4,7 +4,6 @@ behind), TensorBoard events when asked for (and a one-line error when tensorboar
 `stnkit plot` overlaying several runs."""
 import csv
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -20,6 +19,7 @@ from stnkit.train import checkpoint as ckpt
 from stnkit.train import engine, objectives
 from stnkit.train.stops import TrainingInterrupted
 from test_engine import cfg_for, rows_of
+from test_stops import signal_at_call
 
 
 def set_level(level):
@@ -178,16 +178,8 @@ def test_a_stopped_and_resumed_run_keeps_one_record_of_every_step(tmp_path, monk
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    real, calls = objectives.loss_and_errors, {"n": 0}
-
-    def ctrl_c_at_step_6(logits, y):  # epoch 1: 4 steps + 1 eval, then epoch 2
-        calls["n"] += 1
-        if calls["n"] == 6:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(logits, y)
-
     cfg = cfg_for(tmp_path, epochs=3, tensorboard=True, log_every=1)
-    monkeypatch.setattr(objectives, "loss_and_errors", ctrl_c_at_step_6)
+    real = signal_at_call(monkeypatch, 6, signal.SIGINT)  # epoch 1: 4 steps + 1 eval, then epoch 2
     with pytest.raises(TrainingInterrupted):
         engine.train(cfg)
     assert not file_handlers()

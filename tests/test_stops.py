@@ -20,6 +20,21 @@ ARGS = ["r", "--model", "st-fcn-affine", "epochs=6", "steps_per_epoch=30", "batc
         "threads=1", "eval_batch_size=1000"]
 
 
+def signal_at_call(monkeypatch, n: int, sig) -> object:
+    """Send this process sig during the n-th loss computation (training steps and test batches
+    alike) -> the real loss function, to put back."""
+    real, calls = objectives.loss_and_errors, {"n": 0}
+
+    def signalling(logits, y):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), sig)
+        return real(logits, y)
+
+    monkeypatch.setattr(objectives, "loss_and_errors", signalling)
+    return real
+
+
 def same_weights(a, b):
     wa, wb = weights(a), weights(b)
     return all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -40,15 +55,7 @@ def test_stop_signals_set_a_flag_and_a_second_ctrl_c_stops_at_once():
 
 def test_a_signal_mid_epoch_saves_that_step_and_resume_matches_an_unbroken_run(tmp_path, monkeypatch):
     unbroken = engine.train(cfg_for(tmp_path, name="a", epochs=3))
-    real, calls = objectives.loss_and_errors, {"n": 0}
-
-    def signal_at_step_6(logits, y):  # epoch 1: 4 steps + 1 eval, then epoch 2
-        calls["n"] += 1
-        if calls["n"] == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(logits, y)
-
-    monkeypatch.setattr(objectives, "loss_and_errors", signal_at_step_6)
+    real = signal_at_call(monkeypatch, 6, signal.SIGTERM)  # epoch 1: 4 steps + 1 eval, then epoch 2
     with pytest.raises(TrainingInterrupted) as e:
         engine.train(cfg_for(tmp_path, name="b", epochs=3))
     assert e.value.signum == signal.SIGTERM and e.value.checkpoint.name == "step-00000005"

@@ -18,7 +18,7 @@ from ..functional.coords import to_pixels
 from ..layers import SpatialTransformer
 from ..models import transformers
 from ..warp import warp_points
-from .plots import RIGHT, WRONG, colour, image_axes, new_figure, to_rgb
+from .plots import RIGHT, WRONG, box_patch, colour, image_axes, new_figure, to_rgb
 
 class NoTransformer(ValueError):
     """The model has no spatial transformer to show."""
@@ -174,10 +174,8 @@ def st_params(calls, k: int) -> torch.Tensor:
 
 
 def _draw_box(ax, box, shown, calls, b: int, size_hw) -> None:
-    from matplotlib.patches import Rectangle
-
     x0, y0, x1, y1 = (float(v) for v in box)
-    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=1.2, ec="white", gid="true box"))
+    box_patch(ax, box, "white", "true box", lw=1.2)
     k, st = next((k, st) for k, st, on_input, _ in shown if on_input)
     pts = region_on_input(st, st_params(calls, k)[b:b + 1], size_hw)[0]
     region = torch.cat([pts.amin(0), pts.amax(0)])
@@ -214,17 +212,15 @@ def sample_figure(name: str, n: int = 32, split: str = "test", seed: int = 0, nc
         label = batch.y[i]
         image_axes(ax, tiles[i], "label " + label_text(label))
         if batch.box is not None:
-            from matplotlib.patches import Rectangle
-
-            x0, y0, x1, y1 = (float(v) for v in batch.box[i])
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=1, ec=colour(0), gid="box"))
+            box_patch(ax, batch.box[i], colour(0), "box")
     fig.suptitle(f"{n} {split} samples of {name!r}" + (", the digit's box dashed" if batch.box is not None else ""),
                  fontsize=9)
     return fig, batch.y
 
 
 HOW_TO_READ = {  # one sentence per figure kind, for reports and `stnkit show`
-    "classes": "Each input is shown with the outline of the region its spatial transformer sampled X, then what the "
+    "classes": "Each input is shown with the outline of the region its spatial transformer sampled (one colour per "
+               "transformer; for projective and TPS warps the deformed sampling grid inside it), then what the "
                "transformer passed on; under each input the true and the predicted class, wrong ones in red: a "
                "transformer that learned its job draws its outline around the digit and outputs it upright and "
                "centred whatever the distortion.",

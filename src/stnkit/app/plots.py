@@ -63,6 +63,14 @@ def image_axes(ax, img, title: str | None = None, *, fontsize: float = 8) -> Non
         ax.set_title(title, fontsize=fontsize)
 
 
+def box_patch(ax, box, edge: str, gid: str, lw: float = 1.0) -> None:
+    """Outline box (x0, y0, x1, y1), in the pixel-edge coordinates of image_axes, dashed on ax."""
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=lw, ec=edge, gid=gid))
+
+
 def figure_pixels(fig):
     """The figure as drawn: (H, W, 4) uint8 numpy array (what save_figure writes)."""
     import numpy as np

@@ -213,3 +213,14 @@ def test_the_how_to_read_sentences_name_what_each_figure_draws():
     assert "one colour per transformer" in classes and "deformed sampling grid" in classes
     assert "the true and the predicted class, wrong ones in red" in classes
     assert "true box (white, dashed)" in boxes and "IoU" in boxes and "0.5" in boxes
+
+
+def test_asking_for_no_examples_is_a_clear_error(tmp_path, capsys):
+    from stnkit.app.cli import main
+
+    with pytest.raises(ValueError, match="at least one input"):
+        transformer_figure(attention_model()[0], torch.rand(0, 1, 40, 40))
+    for n in ("0", "-3"):
+        assert main(["data", "show", "rts", "-n", n, "--out", str(tmp_path / "x.png")]) == 2
+        assert capsys.readouterr().err == f"stnkit: error: the number of examples to show (-n) must be at least 1, got {n}\n"
+    assert not (tmp_path / "x.png").exists()

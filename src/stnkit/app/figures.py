@@ -123,6 +123,8 @@ def transformer_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None
     y: (B,) or (B, L) true classes: the true and predicted class under each input (wrong ones in
     red and marked). boxes: (B, 4) true boxes (x0, y0, x1, y1) in pixels (co-localisation):
     drawn dashed, with the IoU of the first transformer's region."""
+    if x.shape[0] == 0:
+        raise ValueError("transformer_figure needs at least one input, got a batch of 0")
     model.eval()
     logits, calls = record_transformers(model, x)
     shown = _drawn(calls, x)
@@ -200,6 +202,7 @@ def _legend(fig, shown, boxes: bool) -> None:
 def sample_figure(name: str, n: int = 32, split: str = "test", seed: int = 0, ncol: int = 8, **dataset_kwargs):
     """Samples of a dataset for `stnkit data show` -> (a Figure of n tiles, each titled with its
     label, co-localisation boxes drawn dashed; the labels (n,) or (n, L))."""
+    _check_count(n)
     ds = make_dataset(name, split, **dataset_kwargs)
     batch = ds.sample(n, seed=seed)
     tiles = to_rgb(batch.x)
@@ -230,12 +233,18 @@ HOW_TO_READ = {  # one sentence per figure kind, for reports and `stnkit show`
 }
 
 
+def _check_count(n) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of examples to show (-n) must be at least 1, got {n}")
+
+
 def run_figure(run_dir, n: int = 12, seed: int = 0, ncol: int | None = None):
     """The transformer figure of a trained run on n of its test examples -> (Figure, which of
     HOW_TO_READ explains it): true classes under a classifier, true boxes for co-localisation."""
     from ..train.objectives import objective_for
     from ..train.runs import load_run
 
+    _check_count(n)
     cfg, model, test = load_run(run_dir)
     batch = test.sample(n, seed=seed)
     boxes = None if objective_for(cfg).classifies else batch.box

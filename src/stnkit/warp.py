@@ -8,13 +8,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from . import transforms as _t
 from ._checks import (
     MODES_2D, MODES_3D, PADDING_MODES, check_choice, check_finite, check_float_tensor, check_size, tracing,
 )
 from .functional.matrix import OUTSIDE
+from .functional.sample import sample
 
 __all__ = ["grid", "warp", "warp_points", "invert"]
 
@@ -102,7 +102,7 @@ def warp(
     f = _fill(fill, x.shape[1], family.dim, dtype, x.device, x.dtype)
     if f is not None:
         src = src - f
-    out = F.grid_sample(src, g, mode=mode, padding_mode=padding_mode, align_corners=bool(align_corners))
+    out = sample(src, g, mode, padding_mode, bool(align_corners))
     if isinstance(family, _t.Projective) and padding_mode != "zeros":
         # Pixels behind the horizon sampled the far-outside point: under border/reflection that
         # reads image values, so set them to the fill value explicitly.

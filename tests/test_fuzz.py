@@ -604,3 +604,20 @@ def test_slow_exhaustive(test):
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_slow_bad_shapes(case):
     SLOW(given(data=st.data())(test_warp_bad_shapes_raise_clearly.hypothesis.inner_test))(case=case)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("family,shape", [("flow", (1, 0, 4, 2)), ("flow", (2, 3, 0, 2)), ("flow3d", (1, 2, 0, 4, 3))])
+def test_empty_flow_field_raises_for_every_function(family, shape, align_corners):
+    """A field with a spatial size of 0 was a ZeroDivisionError (align_corners=False), an empty
+    result (True) or a grid_sample RuntimeError (warp_points): it is a ValueError everywhere."""
+    field = torch.zeros(shape)
+    d = len(shape) - 2
+    x = torch.rand(shape[0], 1, *([4] * d))
+    pts = torch.zeros(shape[0], 3, d)
+    for call in (
+        lambda: stnkit.grid(field, family, None, align_corners=align_corners),
+        lambda: stnkit.warp(x, field, family, align_corners=align_corners),
+        lambda: stnkit.warp_points(pts, field, family, align_corners=align_corners),
+    ):
+        _must_raise(call, "at least one pixel", re.escape(str(shape)))

@@ -381,6 +381,11 @@ class Flow(Transform):
         if params.dim() != self.dim + 2 or params.shape[-1] != self.dim:
             shape = "(B, H', W', 2)" if self.dim == 2 else "(B, D', H', W', 3)"
             raise ValueError(f"{self.name!r} params must be a displacement field {shape}, got {tuple(params.shape)}")
+        if 0 in params.shape[1:-1]:
+            raise ValueError(
+                f"a {self.name!r} field needs at least one pixel on every axis (it is the output's size), "
+                f"got shape {tuple(params.shape)}"
+            )
         return params
 
     def grid(self, params, size, align_corners):

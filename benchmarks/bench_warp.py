@@ -88,23 +88,6 @@ def size_label(shape, out):
     return s
 
 
-# --------------------------------------------------------------------------------------------
-# coordinate helpers (pixel <-> normalised, align_corners=False), used only to build the kornia
-# matrices once, outside the timed region
-# --------------------------------------------------------------------------------------------
-def norm_from_pixel(h: int, w: int) -> torch.Tensor:
-    """3x3 matrix mapping pixel-centre coords (x, y, 1) to normalised coords (half-pixel)."""
-    return torch.tensor([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]])
-
-
-def kornia_forward_matrix(theta33: torch.Tensor, in_hw, out_hw) -> torch.Tensor:
-    """stnkit/torch theta (normalised, target -> source) -> kornia M (pixel, source -> target)."""
-    n_src = norm_from_pixel(*in_hw)
-    n_dst = norm_from_pixel(*out_hw)
-    src_pix_from_dst_pix = torch.linalg.inv(n_src) @ theta33 @ n_dst
-    return torch.linalg.inv(src_pix_from_dst_pix)
-
-
 def tps_target_points(k: int = TPS_K) -> torch.Tensor:
     n = int(round(k**0.5))
     lin = torch.linspace(-1.0, 1.0, n)
@@ -131,23 +114,6 @@ def _base_params(family: str, b: int, g: torch.Generator):
         tgt = tps_target_points()
         return (tgt + 0.05 * torch.randn(b, TPS_K, 2, generator=g)).reshape(b, 2 * TPS_K)
     raise ValueError(family)
-
-
-def _theta33(family: str, p: torch.Tensor) -> torch.Tensor:
-    """(B, P) params -> (B, 3, 3) normalised target->source matrix (no grad needed)."""
-    b = p.shape[0]
-    m = torch.zeros(b, 3, 3)
-    m[:, 2, 2] = 1
-    if family == "affine":
-        m[:, :2, :] = p.view(b, 2, 3)
-    elif family == "attention":
-        m[:, 0, 0] = p[:, 0]
-        m[:, 1, 1] = p[:, 0]
-        m[:, 0, 2] = p[:, 1]
-        m[:, 1, 2] = p[:, 2]
-    elif family == "projective":
-        m = torch.cat([p, torch.ones(b, 1)], dim=1).view(b, 3, 3)
-    return m
 
 
 def build_case(family: str, shape, out_hw, input_grad: bool, seed: int = 0, with_stnkit: bool = True):
@@ -218,9 +184,9 @@ def build_case(family: str, shape, out_hw, input_grad: bool, seed: int = 0, with
         cases["torch"] = (f_torch, [p_t] + xs)
 
     # ---- kornia -----------------------------------------------------------------------------
-    if KT is not None:
-        if family in ("affine", "projective", "attention"):
-            M0 = kornia_forward_matrix(_theta33(family, p0), (h, w), (oh, ow))
+    if KT is not None and (stnkit is not None or family == "tps"):
+        if family in ("affine", "projective", "attention"):  # kornia's M: pixels, source -> target
+            M0 = stnkit.to_pixel_matrix(p0, family, (h, w), (oh, ow))
         if family == "affine":
             M = M0[:, :2, :].contiguous().requires_grad_(True)
 

@@ -6,15 +6,18 @@ from .conventions import (
 from .functional.coords import to_normalised, to_pixels
 from .layers import LocalisationDiverged, SpatialTransformer, conv_localisation, fc_localisation
 from .registration import compose_flows, integrate_velocity, jacobian_determinant
+from .deform import DeformConv2d, deform_conv2d
 from .warp import grid, invert, warp, warp_points
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeformConv2d",
     "LocalisationDiverged",
     "SpatialTransformer",
     "compose_flows",
     "conv_localisation",
+    "deform_conv2d",
     "displacement_from_flow",
     "fc_localisation",
     "flow_from_displacement",

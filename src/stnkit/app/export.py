@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._io import require
+from ..deform import onnx_translations
 from ..models import transformers
 
 __all__ = ["OPSET", "SUFFIX", "export_onnx", "export_torchscript", "runner", "max_abs_diff", "export_run"]
@@ -63,7 +64,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
                 torch.onnx.export(
                     model, (example,), str(path), dynamo=True, input_names=["x"], output_names=[output],
                     dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset,
-                    external_data=False, verbose=False,
+                    external_data=False, verbose=False, custom_translation_table=onnx_translations(),
                 )
             else:
                 torch.onnx.export(

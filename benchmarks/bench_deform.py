@@ -1,0 +1,185 @@
+"""Deformable convolution, forward + backward, against the peers people write today.
+
+Every number is a ratio measured in the same run: the implementations are timed interleaved
+(A B C D, reversed every other round), the median of the repeats reported, so that a noisy
+shared machine hits all of them alike. Nothing here passes or fails.
+
+    python benchmarks/bench_deform.py            # ~3 min on 2 threads
+    python benchmarks/bench_deform.py --quick    # one small case, ~20 s
+    python benchmarks/bench_deform.py --memory   # peak memory per implementation (subprocesses)
+
+Implementations (all: gradients w.r.t. input, offset, weight, bias and mask)
+  stnkit       stnkit.deform_conv2d
+  grid_sample  each of the kh*kw taps sampled with F.grid_sample (zeros padding), then one matmul
+  gather       bilinear im2col written with gathers (torch.gather on the flattened image), matmul
+  conv2d       F.conv2d of the same shape: the floor, with no sampling at all
+On a GPU, torchvision.ops.deform_conv2d joins them when it imports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import stnkit
+
+CASES = [  # (B, C_in, H, W), C_out, stride, mask
+    ((8, 64, 56, 56), 64, 1, False), ((8, 64, 56, 56), 64, 1, True), ((8, 64, 56, 56), 64, 2, False),
+    ((32, 32, 28, 28), 32, 1, False), ((32, 32, 28, 28), 32, 1, True), ((32, 32, 28, 28), 32, 2, True),
+]
+QUICK = [((4, 16, 28, 28), 16, 1, True)]
+
+
+def _taps(B, K, Ho, Wo, kh, kw, stride, offset, dtype):
+    """Sampling positions (B, K, Ho, Wo) y and x of every tap (padding 1, dilation 1)."""
+    ki = torch.arange(kh, dtype=dtype).repeat_interleave(kw)
+    kj = torch.arange(kw, dtype=dtype).repeat(kh)
+    by = (torch.arange(Ho, dtype=dtype) * stride - 1)[None, :, None] + ki[:, None, None]  # (K, Ho, 1)
+    bx = (torch.arange(Wo, dtype=dtype) * stride - 1)[None, None, :] + kj[:, None, None]  # (K, 1, Wo)
+    off = offset.view(B, K, 2, Ho, Wo)
+    return by + off[:, :, 0], bx + off[:, :, 1]
+
+
+def peer_grid_sample(x, offset, weight, bias, mask, stride):
+    """The common pure-PyTorch DCN: F.grid_sample per tap (align_corners=True in pixel units)."""
+    B, C, H, W = x.shape
+    Co, _, kh, kw = weight.shape
+    Ho, Wo = offset.shape[2:]
+    y, xx = _taps(B, kh * kw, Ho, Wo, kh, kw, stride, offset, x.dtype)
+    cols = []
+    for k in range(kh * kw):
+        g = torch.stack([2 * xx[:, k] / (W - 1) - 1, 2 * y[:, k] / (H - 1) - 1], dim=-1)  # (B, Ho, Wo, 2)
+        v = F.grid_sample(x, g, mode="bilinear", padding_mode="zeros", align_corners=True)  # (B, C, Ho, Wo)
+        cols.append(v * mask[:, k : k + 1] if mask is not None else v)
+    cols = torch.stack(cols, dim=2).reshape(B, C * kh * kw, Ho * Wo)  # (B, C K, L), channel-major like weight
+    out = torch.matmul(weight.reshape(Co, -1), cols) + bias[:, None]
+    return out.view(B, Co, Ho, Wo)
+
+
+def peer_gather(x, offset, weight, bias, mask, stride):
+    """Bilinear im2col with gathers: four corner gathers of the flattened image, masked by range."""
+    B, C, H, W = x.shape
+    Co, _, kh, kw = weight.shape
+    Ho, Wo = offset.shape[2:]
+    K = kh * kw
+    y, xx = _taps(B, K, Ho, Wo, kh, kw, stride, offset, x.dtype)
+    y0, x0 = y.floor(), xx.floor()
+    flat = x.reshape(B, C, H * W)
+    val = 0
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        yi, xi = y0 + dy, x0 + dx
+        w = (1 - (y - yi).abs()) * (1 - (xx - xi).abs())
+        ok = (yi >= 0) & (yi < H) & (xi >= 0) & (xi < W)
+        idx = (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).long().view(B, 1, -1).expand(B, C, -1)
+        v = torch.gather(flat, 2, idx).view(B, C, K, Ho, Wo)
+        val = val + v * (w * ok)[:, None]
+    if mask is not None:
+        val = val * mask.view(B, 1, K, Ho, Wo)
+    out = torch.matmul(weight.reshape(Co, -1), val.reshape(B, C * K, Ho * Wo)) + bias[:, None]
+    return out.view(B, Co, Ho, Wo)
+
+
+def ours(x, offset, weight, bias, mask, stride):
+    return stnkit.deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
+
+
+def conv2d(x, offset, weight, bias, mask, stride):
+    return F.conv2d(x, weight, bias, stride=stride, padding=1)
+
+
+IMPLS = {"stnkit": ours, "grid_sample": peer_grid_sample, "gather": peer_gather, "conv2d": conv2d}
+
+
+def make_case(shape, Co, stride, masked, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B, C, H, W = shape
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    x = torch.randn(shape, generator=g)
+    offset = torch.randn(B, 18, Ho, Wo, generator=g) * 2
+    weight = torch.randn(Co, C, 3, 3, generator=g) * 0.05
+    bias = torch.randn(Co, generator=g)
+    mask = torch.rand(B, 9, Ho, Wo, generator=g) if masked else None
+    grad = torch.randn(B, Co, Ho, Wo, generator=g)
+    return [t.requires_grad_() if t is not None else None for t in (x, offset, weight, bias, mask)], grad
+
+
+def step(fn, tensors, grad, stride):
+    out = fn(*tensors, stride)
+    leaves = [t for t in tensors if t is not None]
+    return torch.autograd.grad(out, leaves, grad, allow_unused=True)
+
+
+def check_peers(shape, Co, stride, masked):
+    """The peers compute the same function (forward and gradients) as stnkit on this case."""
+    tensors, grad = make_case(shape, Co, stride, masked)
+    want = step(ours, tensors, grad, stride)
+    for name in ("grid_sample", "gather"):
+        got = step(IMPLS[name], tensors, grad, stride)
+        worst = max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(got, want))
+        assert worst < 1e-3, f"peer {name} disagrees with stnkit by {worst:.2e} (relative)"
+
+
+def time_case(shape, Co, stride, masked, repeats):
+    tensors, grad = make_case(shape, Co, stride, masked)
+    names = list(IMPLS)
+    samples = {n: [] for n in names}
+    for n in names:  # warm-up
+        step(IMPLS[n], tensors, grad, stride)
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            step(IMPLS[n], tensors, grad, stride)
+            samples[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
+def peak_memory(name, shape, Co, stride, masked) -> float:
+    """Peak resident memory (MiB) a fresh process adds running one forward + backward."""
+    code = (
+        "import resource, sys, json; sys.path.insert(0, 'benchmarks'); import bench_deform as b, torch;"
+        "torch.set_num_threads(2);"
+        f"t, g = b.make_case({shape!r}, {Co}, {stride}, {masked});"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        f"b.step(b.IMPLS[{name!r}], t, g, {stride});"
+        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))"
+    )
+    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def label(shape, Co, stride, masked):
+    return f"{'x'.join(map(str, shape))} -> {Co}, s{stride}{', mask' if masked else ''}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one small case")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory per implementation")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cases = QUICK if args.quick else CASES
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}; ratios = peer / stnkit")
+    print("| case | stnkit ms | grid_sample / stnkit | gather / stnkit | stnkit / conv2d |" + (" peak MiB stnkit / columns |" if args.memory else ""))
+    print("|---|---:|---:|---:|---:|" + ("---:|" if args.memory else ""))
+    for case in cases:
+        check_peers((2, *case[0][1:]), *case[1:])
+        t = time_case(*case, args.repeats)
+        row = (f"| {label(*case)} | {t['stnkit'] * 1e3:.1f} | {t['grid_sample'] / t['stnkit']:.2f} | "
+               f"{t['gather'] / t['stnkit']:.2f} | {t['stnkit'] / t['conv2d']:.2f} |")
+        if args.memory:
+            (B, C, H, W), _, stride, _ = case
+            Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+            columns = B * C * 9 * Ho * Wo * 4 / 2**20
+            row += f" {peak_memory('stnkit', *case):.0f} / {columns:.0f} |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

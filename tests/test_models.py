@@ -15,7 +15,7 @@ from stnkit.models.cub import PartClassifier, initial_crops
 from stnkit.models.mnist import STClassifier
 from stnkit.models.svhn import CONV_FILTERS, FC_UNITS
 
-MNIST = r"fcn|cnn|(2x)?st-(fcn|cnn)-(affine|projective|tps)"
+MNIST = r"fcn|cnn|(2x)?st-(fcn|cnn)-(affine|projective|tps)|dcn-cnn(-v2)?|ic-stn-cnn-(affine|projective)"
 # Output shape after the batch axis, by model name (full match). A new model must be added here.
 OUTPUTS = [
     (MNIST, (10,)),
@@ -24,7 +24,7 @@ OUTPUTS = [
     (r"3d-cnn|3d-st-cnn-affine", (10,)),
     (r"coloc-attention", (1, 28, 28)),  # the kept transformer's crops
 ]
-ST_CLASSIFIERS = r"(2x)?st-(fcn|cnn)-.*|svhn-st-cnn-single"
+ST_CLASSIFIERS = r"(2x)?st-(fcn|cnn)-.*|svhn-st-cnn-single|ic-stn-cnn-.*"
 
 
 def expected_output(name: str) -> tuple[int, ...]:

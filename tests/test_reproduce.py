@@ -11,12 +11,12 @@ from stnkit.train.config import save
 
 def test_table1_schedules_every_row_and_column():
     jobs = reproduce.jobs("table1", "quick", out="/tmp/x")
-    assert len(jobs) == 8 * 4
+    assert len(jobs) == (8 + 4) * 4  # the paper's 8 rows, and 4 of its successors
     assert {(c, m) for c, m, _ in jobs} == {(c, m) for m in reproduce.TABLE1 for c in ("r", "rts", "p", "e")}
     rts = [cfg for c, m, cfg in jobs if c == "rts" and m == "st-cnn-tps"][0]
     assert rts.experiment == "rts" and rts.st_size == "half" and rts.budget == 40000
     paper = reproduce.jobs("tc", "paper", out="/tmp/x")
-    assert len(paper) == 4 * 3 and paper[0][2].optimizer == "sgd" and paper[0][2].lr == 0.01
+    assert len(paper) == (4 + 2) * 3 and paper[0][2].optimizer == "sgd" and paper[0][2].lr == 0.01
     with pytest.raises(ValueError, match="unknown table"):
         reproduce.jobs("table9", "quick")
     with pytest.raises(ValueError, match="budget"):
@@ -40,9 +40,10 @@ def test_run_writes_markdown_beside_the_paper_and_reuses_finished_rows(tmp_path,
     path = reproduce.run("tc", "quick", seeds=2, out=str(tmp_path))
     text = path.read_text()
     assert "| cnn | 10.5 ± 0.7 | 3.5 |" in text and "| st-cnn-affine | 2.5 ± 0.7 | 1.7 |" in text
-    assert "4.0 min" in text  # 8 runs x 30 s
+    assert "| dcn-cnn | 10.5 ± 0.7 | beyond the paper |" in text  # the successors' rows say so
+    assert "6.0 min" in text  # 12 runs x 30 s
     reproduce.run("tc", "quick", seeds=2, out=str(tmp_path))
-    assert len(trained) == 8  # the second call trained nothing
+    assert len(trained) == 12  # the second call trained nothing
     with pytest.raises(ValueError, match="other settings .*epochs: 30 -> 3"):
         reproduce.run("tc", "quick", seeds=2, out=str(tmp_path), overrides={"epochs": 3})
 

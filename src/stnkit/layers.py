@@ -9,9 +9,9 @@ from torch import nn
 
 from . import transforms as _t
 from ._checks import BadValues, check_size
-from .warp import warp
+from .warp import compose, warp
 
-__all__ = ["SpatialTransformer", "LocalisationDiverged", "BoundedParams", "fc_localisation", "conv_localisation"]
+__all__ = ["SpatialTransformer", "CompositionalTransformer", "LocalisationDiverged", "BoundedParams", "fc_localisation", "conv_localisation"]
 
 
 class LocalisationDiverged(ValueError):
@@ -103,7 +103,7 @@ class SpatialTransformer(nn.Module):
     `last_params` (B, P).
 
     transform: a family name or instance (see `stnkit.transforms.names()`); output_size: None
-    keeps the input's size; mode, padding_mode, align_corners, fill: as in `stnkit.warp`;
+    keeps the input's size; mode, padding_mode, align_corners, fill, antialias: as in `stnkit.warp`;
     bounds: optional {parameter or group: (low, high)} squashing those outputs into a range
     (see BoundedParams); init: the starting parameters (P,) instead of the identity (e.g. a
     small crop for attention); features: F, when it cannot be read off the localisation net.
@@ -119,6 +119,7 @@ class SpatialTransformer(nn.Module):
         padding_mode: str = "zeros",
         align_corners: bool = False,
         fill: float | torch.Tensor | None = None,
+        antialias: bool = False,
         bounds: Mapping[str, Sequence[float]] | None = None,
         init: Sequence[float] | torch.Tensor | None = None,
         features: int | None = None,
@@ -140,6 +141,7 @@ class SpatialTransformer(nn.Module):
         self.transform = family
         self.output_size = None if output_size is None else check_size(output_size, family.dim)
         self.mode, self.padding_mode, self.align_corners, self.fill = mode, padding_mode, align_corners, fill
+        self.antialias = antialias
         self.regression = nn.Linear(n_features, family.num_params)
         if init is not None:
             init = torch.as_tensor(init, dtype=torch.float32).flatten()
@@ -168,9 +170,15 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.params(x)
         self.last_params = theta.detach()
-        kw = dict(mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners, fill=self.fill)
+        return self._warp(x, theta, self.output_size)
+
+    def _warp(self, x: torch.Tensor, theta: torch.Tensor, size) -> torch.Tensor:
+        """warp(x, theta) with this module's sampling settings; unusable theta ->
+        LocalisationDiverged."""
+        kw = dict(mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners, fill=self.fill,
+                  antialias=self.antialias)
         try:
-            return warp(x, theta, self.transform, self.output_size, **kw)
+            return warp(x, theta, self.transform, size, **kw)
         except BadValues as e:  # NaN, Inf or huge params: the localisation net diverged
             if e.name != "params":
                 raise
@@ -182,7 +190,57 @@ class SpatialTransformer(nn.Module):
                 "gradients, or bound the parameters with bounds=", e.items) from e
 
     def extra_repr(self) -> str:
-        return f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}"
+        aa = ", antialias=True" if self.antialias else ""
+        return f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}{aa}"
+
+
+class CompositionalTransformer(SpatialTransformer):
+    """An inverse-compositional spatial transformer (IC-STN, Lin and Lucey, CVPR 2017).
+
+    One localisation net, shared by every step, looks at the input warped by the current
+    parameters and predicts an update; the update is composed with the current parameters in
+    parameter space (`stnkit.compose`: warp with the current parameters, then with the update,
+    so the matrix is M_current @ M_update). Every step samples the *original* input, never a
+    resampled one; the output is the input warped once by the final parameters.
+
+    localisation, transform, output_size and the sampling keywords: as in SpatialTransformer
+    (the localisation net sees images of the input's size); steps: the number of updates, >= 1.
+    Matrix families only (TPS and flow have no parameter-space composition here). The
+    regression layer (`.regression`, shared) starts at the identity update, so the module
+    starts as the identity. `last_params`: the composed parameters (B, P); `step_params`: the
+    parameters after each step, a list of `steps` tensors (B, P) (detached).
+
+    x: (B, C, H, W) (or volumes) -> (B, C, *output_size).
+    """
+
+    def __init__(self, localisation: nn.Module, transform: str | _t.Transform = "affine", output_size=None, *,
+                 steps: int = 4, **kw):
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        for key in ("bounds", "init"):
+            if kw.get(key) is not None:
+                raise ValueError(f"CompositionalTransformer takes no {key}=: it starts at the identity and its "
+                                 "updates are composed, not bounded")
+        family = _t.get(transform)
+        if not isinstance(family, (_t.MatrixTransform, _t.Projective)):
+            raise ValueError(f"CompositionalTransformer needs a matrix family (composition in parameter space), "
+                             f"got {family.name!r}")
+        super().__init__(localisation, family, output_size, **kw)
+        self.steps = steps
+        self.step_params: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, size = x.shape[0], tuple(int(s) for s in x.shape[2:])
+        theta = self.params(x)  # step 1 sees the input itself: the identity warp is skipped
+        steps = [theta.detach()]
+        for _ in range(self.steps - 1):
+            theta = compose(theta, self.params(self._warp(x, theta, size)), self.transform)
+            steps.append(theta.detach())
+        self.step_params, self.last_params = steps, theta.detach()
+        return self._warp(x, theta, self.output_size)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", steps={self.steps}"
 
 
 class Localisation(nn.Sequential):

@@ -13,10 +13,13 @@ from . import transforms as _t
 from ._checks import (
     MODES_2D, MODES_3D, PADDING_MODES, check_choice, check_finite, check_float_tensor, check_size, tracing,
 )
+from .functional import antialias as _aa
+from .functional import matrix as _m
+from .functional import compose as _compose
 from .functional.matrix import OUTSIDE
 from .functional.sample import sample
 
-__all__ = ["grid", "warp", "warp_points", "invert"]
+__all__ = ["grid", "warp", "warp_points", "invert", "compose"]
 
 
 _DIVERGED = "; if a network predicted them, it diverged (lower the learning rate or clip gradients)"
@@ -75,6 +78,7 @@ def warp(
     padding_mode: str = "zeros",
     align_corners: bool = False,
     fill: float | torch.Tensor | None = None,
+    antialias: bool = False,
 ) -> torch.Tensor:
     """Resample `x` through the transform: out[i] = x(T_theta(target_i)).
 
@@ -83,8 +87,12 @@ def warp(
     mode: nearest | bilinear (trilinear in 3D) | bicubic (2D); padding_mode: zeros | border |
     reflection, as in `F.grid_sample`. fill: the value (a number, or one per channel, (C,)) of
     output pixels with no source pixel: outside the input under padding "zeros", and behind the
-    horizon of a projective warp under any padding. Default 0.
+    horizon of a projective warp under any padding. Default 0. antialias: average each output
+    pixel's footprint where the map shrinks the input (see docs/api.md, "Antialiasing"); the
+    plain sample, bit for bit, where it does not. Costs one host sync.
     """
+    if not isinstance(antialias, bool):
+        raise ValueError(f"antialias must be True or False, got {antialias!r}")
     family = _t.get(transform)
     check_float_tensor("x", x, ndims=(family.dim + 2,))
     if 0 in x.shape[2:]:
@@ -97,12 +105,17 @@ def warp(
     size = _size(family, p, output_size)
 
     dtype = torch.promote_types(torch.promote_types(x.dtype, p.dtype), torch.float32)
-    g = family.grid(p.to(dtype), size, bool(align_corners))
+    p = p.to(dtype)
+    g = family.grid(p, size, bool(align_corners))
     src = x.to(dtype)
     f = _fill(fill, x.shape[1], family.dim, dtype, x.device, x.dtype)
     if f is not None:
         src = src - f
-    out = sample(src, g, mode, padding_mode, bool(align_corners))
+    if antialias:
+        J = _jacobian(family, p, g, x.shape[2:], size, bool(align_corners))
+        out = _aa.antialiased_sample(src, g, mode, padding_mode, bool(align_corners), J)
+    else:
+        out = sample(src, g, mode, padding_mode, bool(align_corners))
     if isinstance(family, _t.Projective) and padding_mode != "zeros":
         # Pixels behind the horizon sampled the far-outside point: under border/reflection that
         # reads image values, so set them to the fill value explicitly.
@@ -111,6 +124,16 @@ def warp(
     if f is not None:
         out = out + f
     return out.to(x.dtype)
+
+
+def _jacobian(family, p, g, input_size, size, align_corners) -> torch.Tensor | None:
+    """The exact pixel Jacobian of the matrix families and the homography (None: the grid's
+    finite differences)."""
+    if isinstance(family, _t.MatrixTransform):
+        return _aa.affine_jacobian(family.matrix(p), input_size, size, align_corners)
+    if isinstance(family, _t.Projective):
+        return _aa.projective_jacobian(_m.homography_matrix(p), g, input_size, align_corners)
+    return None
 
 
 def _fill(fill, channels: int, dim: int, dtype, device, x_dtype) -> torch.Tensor | None:
@@ -181,3 +204,22 @@ def invert(params: torch.Tensor, transform: str | _t.Transform) -> torch.Tensor:
     inv = family.inverse(p)
     check_finite("the inverse params", inv, hint=_OVERFLOW.format(inv.dtype) + " (the map is nearly singular)")
     return inv
+
+
+def compose(p: torch.Tensor, q: torch.Tensor, transform: str | _t.Transform) -> torch.Tensor:
+    """Parameters of warping with p, then warping the result with q: (B, P), (B, P) -> (B, P).
+
+    ``warp(warp(x, p, t), q, t) == warp(x, compose(p, q, t), t)`` up to the resampling of the
+    intermediate image: the composed map is T_p(T_q(u)) and its matrix M_p @ M_q (the same order
+    as `compose_flows`). Every matrix family (translation, attention, rigid, similarity, affine,
+    projective and their 3D versions) is closed under it; `tps` and `flow` raise ValueError
+    (for flows, see `stnkit.compose_flows`). Rigid and similarity angles come back in (-pi, pi].
+    """
+    family, a = _params(p, transform)
+    _, b = _params(q, family, batch=a.shape[0])
+    if not isinstance(family, (_t.MatrixTransform, _t.Projective)):
+        raise ValueError(f"compose needs a matrix family, got {family.name!r} (for dense flows use stnkit.compose_flows)")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    out = _compose.compose(a.to(dtype), b.to(dtype), family)
+    check_finite("the composed params", out, hint=_OVERFLOW.format(dtype))
+    return out

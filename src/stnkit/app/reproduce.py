@@ -31,6 +31,11 @@ TABLE1 = {
     "st-cnn-tps": {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
 }
 TC = {"fcn": 13.2, "cnn": 3.5, "st-fcn-affine": 2.0, "st-cnn-affine": 1.7}
+# The paper's successors, run as extra rows at the same parameter budget (no published number).
+BEYOND = "beyond the paper"
+TABLE1.update({m: dict.fromkeys(("r", "rts", "p", "e"), BEYOND)
+               for m in ("dcn-cnn", "dcn-cnn-v2", "ic-stn-cnn-affine", "ic-stn-cnn-projective")})
+TC.update(dict.fromkeys(("dcn-cnn", "dcn-cnn-v2"), BEYOND))
 ADDITION = {"fcn": 47.7, "cnn": 14.7, "st-fcn-affine": 22.6, "st-fcn-projective": 18.5, "st-fcn-tps": 19.1,
             "2xst-fcn-affine": 9.0, "2xst-fcn-projective": 5.9, "2xst-fcn-tps": 5.8}
 SVHN = {"svhn-cnn": (4.0, 5.6), "svhn-st-cnn-single": (3.7, 3.9), "svhn-st-cnn-multi": (3.6, 3.9)}

@@ -112,12 +112,12 @@ def forward(x, offset, weight, bias, mask, geo: Geometry) -> torch.Tensor:
     _, _, Ho, Wo = offset.shape
     Co, G, K, L, groups = weight.shape[0], geo.offset_groups, geo.kh * geo.kw, Ho * Wo, geo.groups
     wmat = weight.reshape(groups, Co // groups, -1)  # (groups, C_out / groups, C_in / groups * K)
-    out = x.new_empty(B, groups, Co // groups, L)
+    out = x.new_empty(B, Co, Ho, Wo)  # returned itself, not a view of another tensor (autograd needs that)
+    by_group = out.view(B, groups, Co // groups, L)
     for lo, hi in _chunks(B, C * K * L, x.element_size()):
         val = _sample(_canvas(x[lo:hi], G), _taps(offset[lo:hi], H, W, geo), hi - lo, C, L)
         cols = _masked(val, _mask(None if mask is None else mask[lo:hi], geo, C), G)
-        torch.matmul(wmat, cols.view(hi - lo, groups, -1, L), out=out[lo:hi])
-    out = out.view(B, Co, Ho, Wo)
+        torch.matmul(wmat, cols.view(hi - lo, groups, -1, L), out=by_group[lo:hi])
     return out if bias is None else out.add_(bias[:, None, None])
 
 

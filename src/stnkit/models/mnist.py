@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..layers import Localisation, SpatialTransformer, conv_localisation, fc_localisation
+from ..deform import DeformConv2d
+from ..layers import CompositionalTransformer, Localisation, SpatialTransformer, conv_localisation, fc_localisation
 from .registry import count_params, register_model
 
 TRANSFORMS = ("affine", "projective", "tps")  # the families of Table 1 and Table 4
@@ -33,6 +34,20 @@ def cnn(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
         nn.Conv2d(C, width, 9, padding=4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 7, padding=3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(2 * width * (H // 4) * (W // 4), num_classes),
+    )
+
+
+def dcn_cnn(in_shape: Sequence[int], num_classes: int, width: int, modulated: bool = False,
+            out_channels: int | None = None) -> nn.Sequential:
+    """`cnn` with its later convolution deformable (DCN, Dai et al. 2017; modulated: DCNv2, Zhu et
+    al. 2019): the 7x7 conv predicts an offset (and a mask) for each of its 49 taps.
+    out_channels: the deformable conv's (default 2 width, as in `cnn`)."""
+    C, H, W = in_shape
+    out_channels = out_channels or 2 * width
+    return nn.Sequential(
+        nn.Conv2d(C, width, 9, padding=4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        DeformConv2d(width, out_channels, 7, padding=3, modulated=modulated), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(out_channels * (H // 4) * (W // 4), num_classes),
     )
 
 
@@ -87,10 +102,14 @@ def _loc(kind: str, in_shape) -> nn.Module:
 
 
 def st_model(kind: str, transform: str, copies: int = 1, *, in_shape=(1, 28, 28), num_classes: int = 10,
-             budget: int | None = None, st_size=None, bounds=None) -> STClassifier:
+             budget: int | None = None, st_size=None, bounds=None, steps: int | None = None) -> STClassifier:
+    """steps: None for the paper's ST; an int for an inverse-compositional ST of that many steps."""
     in_shape = tuple(in_shape)
     size = _st_size(in_shape, st_size)
-    sts = [SpatialTransformer(_loc(kind, in_shape), transform, size, bounds=bounds) for _ in range(copies)]
+    if steps is None:
+        sts = [SpatialTransformer(_loc(kind, in_shape), transform, size, bounds=bounds) for _ in range(copies)]
+    else:
+        sts = [CompositionalTransformer(_loc(kind, in_shape), transform, size, steps=steps) for _ in range(copies)]
     head_shape = (in_shape[0] * copies, *size)
     head = fcn if kind == "fcn" else cnn
     loc_params = sum(count_params(s) for s in sts)
@@ -107,6 +126,43 @@ def _fcn(in_shape=(1, 28, 28), num_classes=10, budget=None, width=128):
 @register_model("cnn")
 def _cnn(in_shape=(1, 28, 28), num_classes=10, budget=None, width=32):
     return fit_width(lambda w: cnn(in_shape, num_classes, w), budget, width)
+
+
+def _fit_dcn(in_shape, num_classes, budget, width, modulated):
+    """The width first, then the deformable conv's out_channels to meet the budget within about
+    1%: one step of the width alone moves the count by 10-20% here, most of it in the offset
+    predictor (49 taps x 2 or 3 values, from every input channel)."""
+    if budget is None:
+        return dcn_cnn(in_shape, num_classes, width, modulated)
+    coarse = fit_width(lambda w: dcn_cnn(in_shape, num_classes, w, modulated), budget, width)
+    w = coarse[0].out_channels
+    return fit_width(lambda c: dcn_cnn(in_shape, num_classes, w, modulated, out_channels=c), budget, 2 * w, lo=max(2, w // 2))
+
+
+@register_model("dcn-cnn")
+def _dcn_cnn(in_shape=(1, 28, 28), num_classes=10, budget=None, width=32):
+    """Beyond the paper: the CNN with a deformable second convolution (DCN)."""
+    return _fit_dcn(in_shape, num_classes, budget, width, modulated=False)
+
+
+@register_model("dcn-cnn-v2")
+def _dcn_cnn_v2(in_shape=(1, 28, 28), num_classes=10, budget=None, width=32):
+    """Beyond the paper: the CNN with a modulated deformable second convolution (DCNv2)."""
+    return _fit_dcn(in_shape, num_classes, budget, width, modulated=True)
+
+
+@register_model("ic-stn-cnn-affine")
+def _ic_stn_cnn_affine(in_shape=(1, 28, 28), num_classes=10, budget=None, st_size=None, steps=4):
+    """Beyond the paper: the ST-CNN with an inverse-compositional affine ST (IC-STN, Lin and Lucey 2017)."""
+    return st_model("cnn", "affine", in_shape=in_shape, num_classes=num_classes, budget=budget, st_size=st_size,
+                    steps=steps)
+
+
+@register_model("ic-stn-cnn-projective")
+def _ic_stn_cnn_projective(in_shape=(1, 28, 28), num_classes=10, budget=None, st_size=None, steps=4):
+    """Beyond the paper: the ST-CNN with an inverse-compositional projective ST (IC-STN)."""
+    return st_model("cnn", "projective", in_shape=in_shape, num_classes=num_classes, budget=budget, st_size=st_size,
+                    steps=steps)
 
 
 def _register_st(kind: str, transform: str, copies: int):

@@ -230,12 +230,29 @@ HOW_TO_READ = {  # one sentence per figure kind, for reports and `stnkit show`
     "boxes": "Each canvas is shown with the square its attention transformer cropped (solid) and the digit's true "
              "box (white, dashed), then the crop; the IoU of the two is under each canvas (green above 0.5, the "
              "paper's hit threshold): a transformer that learned to co-localise puts its square on the digit.",
+    "deform": "Each input is shown with the taps of one output pixel of the first deformable layer: hollow grey "
+              "squares where a plain convolution would read (the regular kh x kw grid, dilated), filled dots where "
+              "the learned offsets moved them (darker: a smaller v2 mask, i.e. a tap that counts less), both in "
+              "input pixels; a layer that learned to follow the digit pulls its taps onto the strokes.",
+    "steps": "Each input is shown with the region the inverse-compositional transformer sampled after each of its "
+             "steps (light to dark: step 1 to the last), then the final output: each step re-reads the original "
+             "image, so the region should tighten onto the digit step by step.",
 }
 
 
 def _check_count(n) -> None:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of examples to show (-n) must be at least 1, got {n}")
+
+
+def _successor(model: nn.Module) -> str | None:
+    """"deform" for a model with a deformable convolution, "steps" for one with an
+    inverse-compositional transformer, None otherwise."""
+    from ..deform import DeformConv2d
+    from ..layers import CompositionalTransformer
+
+    kinds = {type(m) for m in model.modules()}
+    return "deform" if DeformConv2d in kinds else "steps" if CompositionalTransformer in kinds else None
 
 
 def run_figure(run_dir, n: int = 12, seed: int = 0, ncol: int | None = None):
@@ -247,9 +264,15 @@ def run_figure(run_dir, n: int = 12, seed: int = 0, ncol: int | None = None):
     _check_count(n)
     cfg, model, test = load_run(run_dir)
     batch = test.sample(n, seed=seed)
+    what = f"{cfg.model} on {cfg.experiment}: {n} test examples"
+    kind = _successor(model)
+    if kind is not None:  # a deformable CNN or an IC-STN: their own figures
+        from . import successor_figures as S
+
+        draw = S.deform_figure if kind == "deform" else S.steps_figure
+        return draw(model, batch.x, ncol=ncol, title=what), kind
     boxes = None if objective_for(cfg).classifies else batch.box
-    fig = transformer_figure(model, batch.x, None if boxes is not None else batch.y, boxes, ncol=ncol,
-                             title=f"{cfg.model} on {cfg.experiment}: {n} test examples")
+    fig = transformer_figure(model, batch.x, None if boxes is not None else batch.y, boxes, ncol=ncol, title=what)
     return fig, "boxes" if boxes is not None else "classes"
 
 

@@ -23,7 +23,8 @@ PADDINGS = ("zeros", "border", "reflection")
 IN_2D, OUT_2D = (2, 2, 5, 6), (4, 7)  # x (B, C, H, W), output (H', W')
 IN_3D, OUT_3D = (2, 2, 3, 4, 5), (2, 3, 4)
 
-# (family, mode) pairs that exist: bicubic is 2D only
+# (family, mode) pairs checked against tests/reference.py; 3D bicubic (tricubic) has its own
+# reference in tests/test_tricubic.py
 FAMILY_MODES = [(f, m) for f in FAMILIES_2D_ALL for m in ("nearest", "bilinear", "bicubic")] + [
     (f, m) for f in FAMILIES_3D_ALL for m in ("nearest", "bilinear")
 ]
@@ -348,8 +349,8 @@ def test_warp_bad_input():
     _raises(lambda: stnkit.warp(x.to(torch.uint8), p, "affine"), "float", "uint8")
     # batch mismatch
     _raises(lambda: stnkit.warp(x, random_params("affine", 3), "affine"), "2", "3")
-    # bicubic in 3D
-    _raises(lambda: stnkit.warp(x3, p3, "affine3d", mode="bicubic"), "bicubic", "bilinear")
+    # a mode name torch does not have (3D bicubic exists: tricubic, tests/test_tricubic.py)
+    _raises(lambda: stnkit.warp(x3, p3, "affine3d", mode="tricubic"), "tricubic", "bicubic")
     # output_size of 0, wrong length
     _raises(lambda: stnkit.warp(x, p, "affine", (0, 4)), re.escape("(0, 4)"), "positive")
     _raises(lambda: stnkit.warp(x, p, "affine", 0), "0", "positive")

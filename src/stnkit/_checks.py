@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 MODES_2D = ("nearest", "bilinear", "bicubic")
-MODES_3D = ("nearest", "bilinear")
+MODES_3D = ("nearest", "bilinear", "bicubic")  # bicubic: tricubic, functional.cubic
 PADDING_MODES = ("zeros", "border", "reflection")
 
 

@@ -84,7 +84,7 @@ def warp(
 
     x: (B, C, H, W) for 2D families, (B, C, D, H, W) for 3D ones; params: (B, P);
     output_size defaults to x's spatial size (`flow`: the field's) -> (B, C, *output_size).
-    mode: nearest | bilinear (trilinear in 3D) | bicubic (2D); padding_mode: zeros | border |
+    mode: nearest | bilinear (trilinear in 3D) | bicubic (tricubic in 3D); padding_mode: zeros | border |
     reflection, as in `F.grid_sample`. fill: the value (a number, or one per channel, (C,)) of
     output pixels with no source pixel: outside the input under padding "zeros", and behind the
     horizon of a projective warp under any padding. Default 0. antialias: average each output

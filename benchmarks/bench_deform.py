@@ -6,7 +6,7 @@ shared machine hits all of them alike. Nothing here passes or fails.
 
     python benchmarks/bench_deform.py            # ~3 min on 2 threads
     python benchmarks/bench_deform.py --quick    # one small case, ~20 s
-    python benchmarks/bench_deform.py --memory   # peak memory per implementation (subprocesses)
+    python benchmarks/bench_deform.py --memory   # and peak memory per implementation (fresh processes)
 
 Implementations (all: gradients w.r.t. input, offset, weight, bias and mask)
   stnkit       stnkit.deform_conv2d
@@ -18,7 +18,6 @@ On a GPU, torchvision.ops.deform_conv2d joins them when it imports.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -140,16 +139,19 @@ def time_case(shape, Co, stride, masked, repeats):
 
 
 def peak_memory(name, shape, Co, stride, masked) -> float:
-    """Peak resident memory (MiB) a fresh process adds running one forward + backward."""
+    """Peak resident MiB that one forward + backward adds, in a fresh process warmed up on a tiny
+    case (so that code pages and thread pools are not counted); the gradients count."""
     code = (
-        "import resource, sys, json; sys.path.insert(0, 'benchmarks'); import bench_deform as b, torch;"
+        "import resource, sys; sys.path.insert(0, 'benchmarks'); import bench_deform as b, torch;"
         "torch.set_num_threads(2);"
+        f"w, v = b.make_case((1, 4, 8, 8), 4, {stride}, {masked}); b.step(b.IMPLS[{name!r}], w, v, {stride});"  # code pages, pools
         f"t, g = b.make_case({shape!r}, {Co}, {stride}, {masked});"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
         f"b.step(b.IMPLS[{name!r}], t, g, {stride});"
-        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))"
+        "print('PEAK', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
     )
-    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("PEAK")))
 
 
 def label(shape, Co, stride, masked):
@@ -166,8 +168,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     cases = QUICK if args.quick else CASES
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}; ratios = peer / stnkit")
-    print("| case | stnkit ms | grid_sample / stnkit | gather / stnkit | stnkit / conv2d |" + (" peak MiB stnkit / columns |" if args.memory else ""))
-    print("|---|---:|---:|---:|---:|" + ("---:|" if args.memory else ""))
+    print("| case | stnkit ms | grid_sample / stnkit | gather / stnkit | stnkit / conv2d |"
+          + (" peak MiB: stnkit, grid_sample, gather, conv2d / columns |" if args.memory else ""))
+    print("|---|---:|---:|---:|---:|" + ("---|" if args.memory else ""))
     for case in cases:
         check_peers((2, *case[0][1:]), *case[1:])
         t = time_case(*case, args.repeats)
@@ -177,7 +180,8 @@ def main(argv=None):
             (B, C, H, W), _, stride, _ = case
             Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
             columns = B * C * 9 * Ho * Wo * 4 / 2**20
-            row += f" {peak_memory('stnkit', *case):.0f} / {columns:.0f} |"
+            peaks = ", ".join(f"{peak_memory(n, *case):.0f}" for n in IMPLS)
+            row += f" {peaks} / {columns:.0f} |"
         print(row, flush=True)
 
 

@@ -263,3 +263,17 @@ def test_cuda_matches_cpu_and_torchvision():
     x, offset, weight, bias, stride, padding, dilation, mask = dev
     want = tv.ops.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
     torch.testing.assert_close(call(*dev), want, atol=1e-4, rtol=1e-4)
+
+
+def test_torchscript_trace_keeps_the_op_and_runs_any_batch(tmp_path):
+    """jit.trace records torch.ops.stnkit.deform_conv2d (loading needs `import stnkit`, as
+    torchvision's ops need `import torchvision`); the conv settings are traced as plain ints."""
+    from stnkit.app.export import export_torchscript, runner
+
+    m = stnkit.DeformConv2d(2, 3, 3, padding=1, stride=2, modulated=True).eval()
+    with torch.no_grad():
+        m.offset_conv.weight.normal_(0, 0.3)
+    path = export_torchscript(m, torch.randn(2, 2, 9, 8), tmp_path / "dcn.pt")
+    x = torch.randn(3, 2, 9, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(path, "torchscript")(x), m(x))

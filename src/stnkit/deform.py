@@ -133,7 +133,7 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
         (ho * stride - pad + i * dilation + dy, wo * stride - pad + j * dilation + dx), zero outside.
     """
     geo = _geometry(input, offset, weight, bias, mask, stride, padding, dilation)
-    conv = [*geo.stride, *geo.padding, *geo.dilation, geo.groups, geo.offset_groups]
+    conv = [int(v) for v in (*geo.stride, *geo.padding, *geo.dilation, geo.groups, geo.offset_groups)]  # plain ints also while tracing
     return _op(input.contiguous(), offset.contiguous(), weight.contiguous(), bias,
                None if mask is None else mask.contiguous(), conv)
 

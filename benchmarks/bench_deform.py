@@ -138,17 +138,23 @@ def time_case(shape, Co, stride, masked, repeats):
     return {n: statistics.median(v) for n, v in samples.items()}
 
 
+_HWM = ("mib = lambda key: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) / 1024;"
+        "open('/proc/self/clear_refs', 'w').write('5');")  # reset the high-water mark to now (Linux)
+
+
 def peak_memory(name, shape, Co, stride, masked) -> float:
     """Peak resident MiB that one forward + backward adds, in a fresh process warmed up on a tiny
-    case (so that code pages and thread pools are not counted); the gradients count."""
+    case (code pages and thread pools not counted), gradients included: the high-water mark
+    (VmHWM, reset just before the call) minus the resident set before it. Not ru_maxrss: Linux
+    carries it over from the parent process across exec."""
     code = (
-        "import resource, sys; sys.path.insert(0, 'benchmarks'); import bench_deform as b, torch;"
+        "import sys; sys.path.insert(0, 'benchmarks'); import bench_deform as b, torch;"
         "torch.set_num_threads(2);"
-        f"w, v = b.make_case((1, 4, 8, 8), 4, {stride}, {masked}); b.step(b.IMPLS[{name!r}], w, v, {stride});"  # code pages, pools
+        f"w, v = b.make_case((1, 4, 8, 8), 4, {stride}, {masked}); b.step(b.IMPLS[{name!r}], w, v, {stride});"
         f"t, g = b.make_case({shape!r}, {Co}, {stride}, {masked});"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        + _HWM + "base = mib('VmRSS');"
         f"b.step(b.IMPLS[{name!r}], t, g, {stride});"
-        "print('PEAK', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+        "print('PEAK', mib('VmHWM') - base)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return float(next(line.split()[1] for line in out.splitlines() if line.startswith("PEAK")))

@@ -19,7 +19,7 @@ import torch
 from . import transforms as _t
 from ._checks import check_choice, check_finite, check_float_tensor, check_size
 from .functional import coords as _coords
-from .functional import matrix as _m
+from .functional.compose import homogeneous
 
 __all__ = ["from_pixel_matrix", "to_pixel_matrix", "identity_grid", "flow_from_displacement", "displacement_from_flow"]
 
@@ -195,10 +195,8 @@ def from_pixel_matrix(
 
 def _norm_matrix(family: _t.Transform, p: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """Flat params (B, P) -> (B, d + 1, d + 1) src_norm_from_dst_norm, and whether it is affine."""
-    if isinstance(family, _t.MatrixTransform):
-        return _homogeneous(family.matrix(p)), True
-    if isinstance(family, _t.Projective):
-        return _m.homography_matrix(p), False
+    if isinstance(family, (_t.MatrixTransform, _t.Projective)):
+        return homogeneous(family, p), isinstance(family, _t.MatrixTransform)
     matrix = [n for n in _t.names() if isinstance(_t.get(n), (_t.MatrixTransform, _t.Projective))]
     raise ValueError(f"to_pixel_matrix needs a matrix family, one of {matrix}, got {family.name!r}")
 

@@ -230,7 +230,7 @@ class CompositionalTransformer(SpatialTransformer):
         self.step_params: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, size = x.shape[0], tuple(int(s) for s in x.shape[2:])
+        size = tuple(int(s) for s in x.shape[2:])
         theta = self.params(x)  # step 1 sees the input itself: the identity warp is skipped
         steps = [theta.detach()]
         for _ in range(self.steps - 1):

@@ -15,8 +15,9 @@ from .. import transforms as _t
 from . import matrix as M
 
 
-def _matrix(family, p: torch.Tensor) -> torch.Tensor:
-    """(B, P) -> (B, d + 1, d + 1) homogeneous src_from_dst matrix."""
+def homogeneous(family, p: torch.Tensor) -> torch.Tensor:
+    """Flat params (B, P) of a matrix family -> its (B, d + 1, d + 1) homogeneous
+    src_from_dst matrix (last row (0, .., 0, 1) for the affine ones)."""
     if isinstance(family, _t.Projective):
         return M.homography_matrix(p)
     A = family.matrix(p)  # (B, d, d + 1)
@@ -47,4 +48,4 @@ def _params(family, H: torch.Tensor) -> torch.Tensor:
 def compose(p: torch.Tensor, q: torch.Tensor, family) -> torch.Tensor:
     """p, q: (B, P) canonical params of one matrix family -> (B, P): warping with p then q.
     For rigid and similarity the composed angle is returned in (-pi, pi]."""
-    return _params(family, _matrix(family, p) @ _matrix(family, q))
+    return _params(family, homogeneous(family, p) @ homogeneous(family, q))

@@ -1,5 +1,6 @@
 """stnkit: Spatial Transformer Networks for PyTorch."""
 from . import transforms
+from ._checks import checks
 from .conventions import (
     displacement_from_flow, flow_from_displacement, from_pixel_matrix, identity_grid, to_pixel_matrix,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "DeformConv2d",
     "LocalisationDiverged",
     "SpatialTransformer",
+    "checks",
     "compose",
     "compose_flows",
     "conv_localisation",

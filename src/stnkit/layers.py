@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import transforms as _t
-from ._checks import BadValues, check_size
+from ._checks import BACKENDS, BadValues, check_choice, check_size, on_bad
 from .warp import compose, warp
 
 __all__ = ["SpatialTransformer", "CompositionalTransformer", "LocalisationDiverged", "BoundedParams", "fc_localisation", "conv_localisation"]
@@ -103,7 +103,7 @@ class SpatialTransformer(nn.Module):
     `last_params` (B, P).
 
     transform: a family name or instance (see `stnkit.transforms.names()`); output_size: None
-    keeps the input's size; mode, padding_mode, align_corners, fill, antialias: as in `stnkit.warp`;
+    keeps the input's size; mode, padding_mode, align_corners, fill, antialias, backend: as in `stnkit.warp`;
     bounds: optional {parameter or group: (low, high)} squashing those outputs into a range
     (see BoundedParams); init: the starting parameters (P,) instead of the identity (e.g. a
     small crop for attention); features: F, when it cannot be read off the localisation net.
@@ -120,6 +120,7 @@ class SpatialTransformer(nn.Module):
         align_corners: bool = False,
         fill: float | torch.Tensor | None = None,
         antialias: bool = False,
+        backend: str = "auto",
         bounds: Mapping[str, Sequence[float]] | None = None,
         init: Sequence[float] | torch.Tensor | None = None,
         features: int | None = None,
@@ -142,6 +143,8 @@ class SpatialTransformer(nn.Module):
         self.output_size = None if output_size is None else check_size(output_size, family.dim)
         self.mode, self.padding_mode, self.align_corners, self.fill = mode, padding_mode, align_corners, fill
         self.antialias = antialias
+        check_choice("backend", backend, BACKENDS)
+        self.backend = backend
         self.regression = nn.Linear(n_features, family.num_params)
         if init is not None:
             init = torch.as_tensor(init, dtype=torch.float32).flatten()
@@ -176,18 +179,24 @@ class SpatialTransformer(nn.Module):
         """warp(x, theta) with this module's sampling settings; unusable theta ->
         LocalisationDiverged."""
         kw = dict(mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners, fill=self.fill,
-                  antialias=self.antialias)
-        try:
+                  antialias=self.antialias, backend=getattr(self, "backend", "auto"))  # modules pickled before it: auto
+        t = theta.detach()  # a recorded check keeps no graph alive
+        with on_bad(lambda e: self._diverged(e, t)):
             return warp(x, theta, self.transform, size, **kw)
-        except BadValues as e:  # NaN, Inf or huge params: the localisation net diverged
-            if e.name != "params":
-                raise
-            example = [round(v, 4) for v in theta[e.items[0]].detach().flatten()[:9].tolist()]
-            raise LocalisationDiverged(
-                f"the localisation net of this SpatialTransformer predicted unusable {self.transform.name} "
-                f"parameters for batch items {e.items[:8]} (item {e.items[0]}: {example}): it has diverged, "
-                "or its input holds NaN. Lower the learning rate (or the localisation net's), clip "
-                "gradients, or bound the parameters with bounds=", e.items) from e
+
+    def _diverged(self, e: Exception, theta: torch.Tensor) -> Exception:
+        """Bad params from warp (NaN, Inf or huge: the localisation net diverged) -> LocalisationDiverged;
+        any other error as it is. Built when the error is reported (at once, or by Checks.error())."""
+        if not isinstance(e, BadValues) or e.name != "params":
+            return e
+        example = [round(v, 4) for v in theta[e.items[0]].flatten()[:9].tolist()]
+        err = LocalisationDiverged(
+            f"the localisation net of this SpatialTransformer predicted unusable {self.transform.name} "
+            f"parameters for batch items {e.items[:8]} (item {e.items[0]}: {example}): it has diverged, "
+            "or its input holds NaN. Lower the learning rate (or the localisation net's), clip "
+            "gradients, or bound the parameters with bounds=", e.items)
+        err.__cause__ = e
+        return err
 
     def extra_repr(self) -> str:
         aa = ", antialias=True" if self.antialias else ""

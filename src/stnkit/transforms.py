@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_finite, check_float_tensor
+from ._checks import check_finite, check_float_tensor, require
 from .functional import matrix as M
 from .functional import tps as T
 from .functional.coords import identity_grid
@@ -415,10 +415,14 @@ def _solve_dtype(params: torch.Tensor) -> torch.dtype:
 
 
 def _nonzero(what: str, t: torch.Tensor, action: str = "cannot invert") -> None:
-    bad = ~(t.detach().abs() >= 1e-12)  # NaN (e.g. an overflowing determinant) too
-    if bool(bad.any()):
-        items = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"{action}: {what} is zero (below 1e-12 in magnitude) or NaN for batch item(s) {items}")
+    """|t| >= 1e-12 (NaN fails too, e.g. an overflowing determinant); no host sync on a GPU."""
+
+    def make(ok):
+        items = (~ok).reshape(ok.shape[0], -1).any(1).nonzero().flatten().tolist()
+        return ValueError(f"{action}: {what} is zero (below 1e-12 in magnitude) or NaN for batch item(s) {items}")
+
+    if t.numel():
+        require(t.detach().abs() >= 1e-12, make)
 
 
 _REGISTRY: dict[str, Transform] = {}

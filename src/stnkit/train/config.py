@@ -53,6 +53,7 @@ class RunConfig:
     threads: int | None = None
     progress: bool = True
     log_every: int = 50
+    sync_every: int = 0
     tensorboard: bool = False
 
     def to_dict(self) -> dict:
@@ -93,6 +94,8 @@ HELP = {  # one line per key of RunConfig: the one place that says what a key me
     "threads": "torch CPU threads (null: torch's default)",
     "progress": "progress bars (on a terminal)",
     "log_every": "TensorBoard: training scalars every N steps",
+    "sync_every": "read the training loss back (and check it for NaN) every N steps (0: every step on a CPU, "
+                  "every log_every steps on a GPU, where each read waits for the GPU); a NaN is named by its step",
     "tensorboard": "also write TensorBoard event files to RUN/tensorboard (pip install stnkit[tb])",
 }
 _CHOICES = {"optimizer": ("sgd", "adam"), "source": ("bundled", "mnist", "fashion-mnist")}
@@ -103,7 +106,7 @@ COLOC_MODEL = "coloc-attention"
 # (Not eval_batch_size: a generated test set draws its distortions batch by batch, so it is part
 # of what the test set is.)
 RESUMABLE = ("epochs", "threads", "progress", "checkpoint_every", "keep_checkpoints", "data_dir", "device",
-             "log_every", "tensorboard")
+             "log_every", "sync_every", "tensorboard")
 PLACE = ("out", "name")
 
 
@@ -163,7 +166,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg, key)
         if v is not None and (not isinstance(v, int) or v <= 0):
             bad(key, "null or a positive integer")
-    for key in ("checkpoint_every", "curriculum_epochs"):
+    for key in ("checkpoint_every", "curriculum_epochs", "sync_every"):
         v = getattr(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             bad(key, "an integer >= 0")

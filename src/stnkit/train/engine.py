@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write
+from .._checks import Checks, checks
 from ..layers import LocalisationDiverged
 from ..models import count_params, transformers
 from . import checkpoint as ckpt
@@ -73,6 +74,7 @@ class Run:
     last_saved: Path | None = None
     stop: StopSignals | None = None
     logs: logs.RunLogs | None = None
+    pending: list = field(default_factory=list)  # steps trained since the last host sync (_Trained)
 
     def say(self, text: str) -> None:
         if self.world.main:  # one voice for a multi-process run
@@ -313,6 +315,7 @@ def one_epoch(run: Run, epoch: int) -> dict:
     if start == 0:
         p.sums, p.seen = {}, 0
     run.model.train()
+    interval = sync_interval(cfg, run.device)
     bar = progress_bar(run.steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and run.world.main, initial=start)
     batches = run.train_ds.batches(cfg.batch_size, epoch=epoch, drop_last=True, rank=run.world.rank,
                                    world=run.world.size)
@@ -321,13 +324,16 @@ def one_epoch(run: Run, epoch: int) -> dict:
             break
         if i < start:
             continue  # rendered anyway, so the epoch's random stream stays the same on resume
-        stop = one_step(run, batch, epoch, i)
+        checkpoint = cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0
+        sync = (i + 1) % interval == 0 or i + 1 == run.steps or bool(checkpoint)
+        stop = one_step(run, batch, epoch, i, sync)
         bar.update(1)
-        bar.set_postfix(loss=f"{run.objective.train_metrics(p.sums, p.seen)['train_loss']:.3f}")
+        if not run.pending:  # the sums are on the host: show the loss so far
+            bar.set_postfix(loss=f"{run.objective.train_metrics(p.sums, p.seen)['train_loss']:.3f}")
         if stop:
             bar.close()
             _interrupted(run, save(run, epoch, i + 1))
-        if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < run.steps:
+        if checkpoint and i + 1 < run.steps:
             save(run, epoch, i + 1)
     bar.close()
     keys = sorted(p.sums)
@@ -351,25 +357,46 @@ def one_epoch(run: Run, epoch: int) -> dict:
     return row
 
 
-def one_step(run: Run, batch, epoch: int, i: int) -> bool:
-    """One optimizer step; -> whether a stop was asked for (agreed by every process)."""
+@dataclass
+class _Trained:
+    """A step trained since the last host sync: where it was, and its numbers still on the device."""
+
+    epoch: int
+    i: int
+    global_step: int
+    values: torch.Tensor  # (2 + len(keys),) float64: loss, checks passed (1/0), stats
+    keys: list[str]
+    checks: Checks
+    n: int
+
+
+def sync_interval(cfg: RunConfig, device: torch.device) -> int:
+    """Steps between host syncs: cfg.sync_every, or 1 on a CPU (a read costs nothing there) and
+    log_every on a GPU (each read waits for the GPU's queue)."""
+    return cfg.sync_every or (1 if device.type == "cpu" else cfg.log_every)
+
+
+def one_step(run: Run, batch, epoch: int, i: int, sync: bool = True) -> bool:
+    """One optimizer step; -> whether a stop was asked for (agreed by every process).
+
+    Nothing is read back to the host unless `sync` (then every step since the last sync is
+    checked for NaN, logged and summed, before this step's backward): stnkit's value checks are
+    recorded on the device (`checks("deferred")`) and read with the loss."""
     cfg, p = run.cfg, run.progress
-    why, stats = "", {}
     try:
-        with autocast(run.device, cfg.bf16):
+        with checks("deferred") as found, autocast(run.device, cfg.bf16):
             loss, stats = run.objective.step(run.net, batch, run.device)
-        values = torch.stack([loss.detach().double(), *(v.double() for v in stats.values())]).tolist()  # the step's one host sync
-    except LocalisationDiverged as e:  # a transformer predicted NaN/Inf parameters
-        values, why = [math.nan], f" ({e})"
-    value, stop = values[0], run.stop is not None and run.stop.requested
-    if run.world.size > 1:  # every process must stop together, or the others wait forever
-        value, stops = dist.all_reduce_sum([value, float(stop)], run.device)
-        value, stop = value / run.world.size, stops > 0
-    if not math.isfinite(value):
-        raise TrainingDiverged(
-            f"loss is {value}{why} at epoch {epoch + 1}, step {i + 1} (global step {p.global_step + 1}), batch of "
-            f"examples {i * cfg.batch_size}-{(i + 1) * cfg.batch_size - 1} of the epoch's order; last good "
-            f"checkpoint: {run.last_saved or 'none'}. Try a lower lr or clip_grad.")
+    except LocalisationDiverged as e:  # raised at once (a model that asked for checks("sync"))
+        if run.pending:
+            _sync(run)  # an earlier step may have gone first
+        raise _diverged(run, epoch, i, p.global_step + 1, math.nan, f" ({e})") from e
+    ok = found.ok()
+    passed = torch.ones((), dtype=torch.float64, device=loss.device) if ok is None else ok.double()
+    values = torch.stack([loss.detach().double(), passed, *(v.double() for v in stats.values())])
+    run.pending.append(_Trained(epoch, i, p.global_step + 1, values, list(stats), found, len(batch.y)))
+    stop = run.stop is not None and run.stop.requested and run.world.size == 1
+    if sync or stop:
+        stop = _sync(run)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_grad:
@@ -377,17 +404,51 @@ def one_step(run: Run, batch, epoch: int, i: int) -> bool:
     run.opt.step()
     p.global_step += 1
     p.step_in_epoch = i + 1
-    if run.logs is not None:
-        run.logs.step(p.global_step, value, run.opt.param_groups[0]["lr"] / run.opt.param_groups[0]["lr_mult"])
-    for k, v in zip(stats, values[1:]):
-        p.sums[k] = p.sums.get(k, 0.0) + v
-    p.seen += len(batch.y)
     return stop
+
+
+def _sync(run: Run) -> bool:
+    """Read the pending steps back (the loop's one host sync per interval), raise TrainingDiverged
+    naming the first whose loss is NaN/Inf or whose checks failed, else log and sum them -> whether
+    a stop was asked for (agreed by every process)."""
+    p, steps = run.progress, run.pending
+    run.pending = []
+    host = torch.stack([s.values[:2] for s in steps]).tolist()  # (n, 2): loss, checks passed
+    stop = run.stop is not None and run.stop.requested
+    if run.world.size > 1:  # every process must stop together, or the others wait forever
+        flat = dist.all_reduce_sum([v for row in host for v in row] + [float(stop)], run.device)
+        host = [[flat[2 * k] / run.world.size, flat[2 * k + 1] / run.world.size] for k in range(len(steps))]
+        stop = flat[-1] > 0
+    for s, (value, passed) in zip(steps, host):
+        why = ""
+        if passed < 1:  # a check failed (here, or in another process: then the loss says NaN)
+            err = s.checks.error()
+            why, value = (f" ({err})" if err is not None else ""), math.nan
+        if not math.isfinite(value):
+            raise _diverged(run, s.epoch, s.i, s.global_step, value, why)
+    sums = torch.stack([s.values[2:] for s in steps]).tolist() if steps[0].keys else [[] for _ in steps]
+    lr = run.opt.param_groups[0]["lr"] / run.opt.param_groups[0]["lr_mult"]
+    for s, (value, _), row in zip(steps, host, sums):
+        if run.logs is not None:
+            run.logs.step(s.global_step, value, lr)
+        for k, v in zip(s.keys, row):
+            p.sums[k] = p.sums.get(k, 0.0) + v
+        p.seen += s.n
+    return stop
+
+
+def _diverged(run: Run, epoch: int, i: int, global_step: int, value: float, why: str) -> TrainingDiverged:
+    b = run.cfg.batch_size
+    return TrainingDiverged(
+        f"loss is {value}{why} at epoch {epoch + 1}, step {i + 1} (global step {global_step}), batch of examples "
+        f"{i * b}-{(i + 1) * b - 1} of the epoch's order; last good checkpoint: {run.last_saved or 'none'}. "
+        "Try a lower lr or clip_grad.")
 
 
 def _test(run: Run, epoch: int) -> dict:
     try:
-        return run.objective.evaluate(run.model, run.test_ds, run.cfg.eval_batch_size, run.device, run.cfg.bf16,
+        with checks("sync"):  # testing reads every batch's errors back anyway: bad values raise here, named
+            return run.objective.evaluate(run.model, run.test_ds, run.cfg.eval_batch_size, run.device, run.cfg.bf16,
                                       run.world)
     except LocalisationDiverged as e:  # the epoch's last steps broke a localisation net
         raise TrainingDiverged(

@@ -11,13 +11,14 @@ import torch
 
 from . import transforms as _t
 from ._checks import (
-    MODES_2D, MODES_3D, PADDING_MODES, check_choice, check_finite, check_float_tensor, check_size, tracing,
+    BACKENDS, MODES_2D, MODES_3D, PADDING_MODES, check_choice, check_finite, check_float_tensor, check_size, require, tracing,
 )
 from .functional import antialias as _aa
 from .functional import matrix as _m
 from .functional import compose as _compose
 from .functional.matrix import OUTSIDE
 from .functional.sample import sample
+from ._io import require as _require
 
 __all__ = ["grid", "warp", "warp_points", "invert", "compose"]
 
@@ -79,6 +80,7 @@ def warp(
     align_corners: bool = False,
     fill: float | torch.Tensor | None = None,
     antialias: bool = False,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Resample `x` through the transform: out[i] = x(T_theta(target_i)).
 
@@ -89,10 +91,15 @@ def warp(
     output pixels with no source pixel: outside the input under padding "zeros", and behind the
     horizon of a projective warp under any padding. Default 0. antialias: average each output
     pixel's footprint where the map shrinks the input (see docs/api.md, "Antialiasing"); the
-    plain sample, bit for bit, where it does not. Costs one host sync.
+    plain sample, bit for bit, where it does not. Costs one host sync. backend: "torch" (the grid,
+    then `F.grid_sample`), "triton" (fused kernels that never write the grid: matrix families
+    and projective, nearest and bilinear; `pip install "stnkit[triton]"`; a ValueError for a case
+    they do not cover), or "auto": Triton on CUDA only where the GPU benchmark measured it faster
+    (docs/performance.md), else torch.
     """
     if not isinstance(antialias, bool):
         raise ValueError(f"antialias must be True or False, got {antialias!r}")
+    check_choice("backend", backend, BACKENDS)
     family = _t.get(transform)
     check_float_tensor("x", x, ndims=(family.dim + 2,))
     if 0 in x.shape[2:]:
@@ -106,11 +113,17 @@ def warp(
 
     dtype = torch.promote_types(torch.promote_types(x.dtype, p.dtype), torch.float32)
     p = p.to(dtype)
-    g = family.grid(p, size, bool(align_corners))
     src = x.to(dtype)
     f = _fill(fill, x.shape[1], family.dim, dtype, x.device, x.dtype)
     if f is not None:
         src = src - f
+    if _triton(backend, family, x, mode, antialias):
+        from . import kernels
+
+        out = kernels.warp_matrix(src, kernels.matrix_of(family, p), size, mode, padding_mode, bool(align_corners),
+                                  isinstance(family, _t.Projective))  # behind the horizon: 0 already
+        return (out if f is None else out + f).to(x.dtype)
+    g = family.grid(p, size, bool(align_corners))
     if antialias:
         J = _jacobian(family, p, g, x.shape[2:], size, bool(align_corners))
         out = _aa.antialiased_sample(src, g, mode, padding_mode, bool(align_corners), J)
@@ -124,6 +137,21 @@ def warp(
     if f is not None:
         out = out + f
     return out.to(x.dtype)
+
+
+def _triton(backend: str, family, x, mode: str, antialias: bool) -> bool:
+    """Whether this call runs on the fused Triton kernels (see warp's `backend`)."""
+    if backend == "torch" or tracing():
+        return False
+    from . import kernels  # no triton import: that waits for the first kernel call
+
+    if backend == "auto":
+        return kernels.auto_picks_triton(family, x, mode, antialias)
+    why = kernels.unsupported(family, x, mode, antialias)
+    if why is not None:
+        raise ValueError(f"backend='triton' cannot run this call: {why}")
+    _require("triton", "backend='triton'", '"stnkit[triton]"')
+    return True
 
 
 def _jacobian(family, p, g, input_size, size, align_corners) -> torch.Tensor | None:
@@ -141,7 +169,7 @@ def _fill(fill, channels: int, dim: int, dtype, device, x_dtype) -> torch.Tensor
         return None
     if isinstance(fill, (int, float)) and not isinstance(fill, bool):
         _check_fill(torch.tensor(_as_float(fill), dtype=torch.float64), x_dtype)
-        return None if fill == 0 else torch.tensor(float(fill), dtype=dtype, device=device)
+        return None if fill == 0 else torch.full((), float(fill), dtype=dtype, device=device)  # no copy to a GPU
     if isinstance(fill, torch.Tensor) and fill.dim() <= 1 and fill.numel() in (1, channels):
         _check_fill(fill.detach(), x_dtype)
         return fill.to(dtype=dtype, device=device).reshape(1, -1, *([1] * dim))
@@ -158,11 +186,13 @@ def _as_float(v: int | float) -> float:
 
 def _check_fill(f: torch.Tensor, x_dtype) -> None:
     """fill (a 0-D or 1-D tensor) must be finite in x's dtype: the output holds it."""
-    if not tracing() and not bool(torch.isfinite(f.to(x_dtype)).all()):
-        raise ValueError(
-            f"fill must be finite and within the range of x's dtype {x_dtype} "
-            f"(|fill| <= {torch.finfo(x_dtype).max:.4g}), got {f.tolist()}"
-        )
+
+    def make(ok, f):
+        return ValueError(f"fill must be finite and within the range of x's dtype {x_dtype} "
+                          f"(|fill| <= {torch.finfo(x_dtype).max:.4g}), got {f.tolist()}")
+
+    if not tracing():
+        require(torch.isfinite(f.to(x_dtype)), make, lambda: (f.clone(),))
 
 
 def warp_points(

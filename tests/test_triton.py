@@ -17,7 +17,7 @@ pytest.importorskip("triton")  # .ci/run installs it (the triton extra) and chec
 import stnkit  # noqa: E402
 from stnkit import transforms as T  # noqa: E402
 
-FAMILIES_2D = ["translation", "attention", "rigid", "similarity", "affine", "projective"]
+FAMILIES_2D = ["translation", "attention", "rigid", "similarity", "affine", "projective", "tps"]
 FAMILIES_3D = ["translation3d", "attention3d", "affine3d"]
 PADDINGS = ["zeros", "border", "reflection"]
 
@@ -69,7 +69,7 @@ def test_triton_equals_torch_outputs_and_gradients(family, mode, padding_mode, a
         assert dpa.abs().sum() > 0  # a gradient that is there to compare
 
 
-@pytest.mark.parametrize("family", ["affine", "projective", "affine3d"])
+@pytest.mark.parametrize("family", ["affine", "projective", "tps", "affine3d"])
 @pytest.mark.parametrize("padding_mode", PADDINGS)
 def test_gradcheck(family, padding_mode):
     x, p, size = _case(family, torch.float64, B=1, C=1, seed=3, strength=0.2, small=True)
@@ -132,6 +132,21 @@ def test_coordinates_far_outside(padding_mode):
     torch.testing.assert_close(dpb, dpa)
 
 
+def test_tps_with_its_own_targets_and_more_points():
+    g = torch.Generator().manual_seed(2)
+    cases = [(T.TPS(targets=torch.rand(5, 2, dtype=torch.float64, generator=g) * 2 - 1), 10),
+             (T.TPS(grid_size=3, reg=0.1), 18), ("tps", 50)]  # "tps" with 25 points: K read off the params
+    for family, P in cases:
+        fam = T.get(family)
+        x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+        p = fam._for(torch.zeros(1, P)).identity_params(dtype=torch.float64).expand(2, -1)
+        p = p + 0.1 * torch.randn(2, P, dtype=torch.float64, generator=g)
+        (a, b), ((dxa, dpa), (dxb, dpb)) = _both(x, p, family, (6, 7))
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(dpb, dpa, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(dxb, dxa, rtol=1e-10, atol=1e-10)
+
+
 def test_batched_equals_per_sample_and_empty_batches():
     x, p, size = _case("affine", torch.float64, B=3)
     whole = stnkit.warp(x, p, "affine", size, backend="triton")
@@ -161,7 +176,6 @@ def test_spatial_transformer_takes_the_backend():
 
 
 @pytest.mark.parametrize("call, why", [
-    (lambda x: stnkit.warp(x, T.identity("tps", 2), "tps", backend="triton"), "not 'tps'"),
     (lambda x: stnkit.warp(x, torch.zeros(2, 8, 8, 2), "flow", backend="triton"), "not 'flow'"),
     (lambda x: stnkit.warp(x, T.identity("affine", 2), "affine", mode="bicubic", backend="triton"),
      "not mode='bicubic'"),

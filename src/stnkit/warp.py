@@ -92,8 +92,8 @@ def warp(
     horizon of a projective warp under any padding. Default 0. antialias: average each output
     pixel's footprint where the map shrinks the input (see docs/api.md, "Antialiasing"); the
     plain sample, bit for bit, where it does not. Costs one host sync. backend: "torch" (the grid,
-    then `F.grid_sample`), "triton" (fused kernels that never write the grid: matrix families
-    and projective, nearest and bilinear; `pip install "stnkit[triton]"`; a ValueError for a case
+    then `F.grid_sample`), "triton" (fused kernels that never write the grid: matrix families,
+    projective and tps, nearest and bilinear; `pip install "stnkit[triton]"`; a ValueError for a case
     they do not cover), or "auto": Triton on CUDA only where the GPU benchmark measured it faster
     (docs/performance.md), else torch.
     """
@@ -120,8 +120,7 @@ def warp(
     if _triton(backend, family, x, mode, antialias):
         from . import kernels
 
-        out = kernels.warp_matrix(src, kernels.matrix_of(family, p), size, mode, padding_mode, bool(align_corners),
-                                  isinstance(family, _t.Projective))  # behind the horizon: 0 already
+        out = kernels.warp(src, p, family, size, mode, padding_mode, bool(align_corners))  # 0 behind a horizon
         return (out if f is None else out + f).to(x.dtype)
     g = family.grid(p, size, bool(align_corners))
     if antialias:

@@ -1,11 +1,13 @@
 """Fused 2D warps: parameters in, pixels out. Each program takes a block of output pixels of one
-batch item, computes their source coordinates from the (B, 6) affine or (B, 9) homography
-matrix (src_from_dst, normalised coordinates, row-major) and samples every channel there: the
-grid is never written to memory.
+batch item, computes their source coordinates and samples every channel there: the grid is
+never written to memory. KIND 0: a (B, 6) affine matrix; 1: a (B, 9) homography (src_from_dst,
+normalised coordinates, row-major); 2: a thin-plate spline's (B, K + 3, 2) coefficients (the
+rows of `functional.tps.basis`: U(|p - c_k|) for each target c_k, then 1, x, y), its basis
+computed on the fly from the (K, 2) targets.
 
-Backward, in one pass over the output: the matrix gradient is reduced per block (tl.sum, a
-fixed order) into (B, blocks, 6|9) partial sums that torch sums over blocks: deterministic, no
-atomics. The input gradient is scattered with atomics, or, with DET, written per tap (value and
+Backward, in one pass over the output: the parameter gradient is reduced per block (tl.sum, a
+fixed order) into (B, blocks, 6 | 9 | 2 (K + 3)) partial sums that torch sums over blocks:
+deterministic, no atomics. The input gradient is scattered with atomics, or, with DET, written per tap (value and
 flat index) for a deterministic `index_put_(accumulate=True)`.
 """
 import triton
@@ -17,39 +19,56 @@ EPS = 1e-6  # functional.matrix.PROJECTIVE_EPS: denominators at or below it are 
 
 
 @triton.jit
-def _coords(theta_ptr, b, offs, Ho, Wo, H, W, ALIGN: tl.constexpr, PAD: tl.constexpr, PROJ: tl.constexpr,
-            dtype: tl.constexpr):
+def _tps_u(u, v, tgt_ptr, k):
+    """U(|p - c_k|) = r^2 log r^2 (0 at r = 0) at the output points (u, v)."""
+    dx = u - tl.load(tgt_ptr + 2 * k)
+    dy = v - tl.load(tgt_ptr + 2 * k + 1)
+    r2 = dx * dx + dy * dy
+    return r2 * tl.log(tl.where(r2 > 0, r2, 1.0))
+
+
+@triton.jit
+def _coords(theta_ptr, tgt_ptr, K, b, offs, Ho, Wo, H, W, ALIGN: tl.constexpr, PAD: tl.constexpr,
+            KIND: tl.constexpr, dtype: tl.constexpr):
     """-> u, v (output coords), X, Y (normalised source), r (1 / w, or 1), ahead, ix, iy (pixels),
     gx, gy (d pixel / d normalised)."""
-    NT: tl.constexpr = 9 if PROJ else 6
-    base = theta_ptr + b * NT
     u = out_coord((offs % Wo).to(dtype), Wo, ALIGN)
     v = out_coord((offs // Wo).to(dtype), Ho, ALIGN)
-    X = tl.load(base + 0) * u + tl.load(base + 1) * v + tl.load(base + 2)
-    Y = tl.load(base + 3) * u + tl.load(base + 4) * v + tl.load(base + 5)
-    if PROJ:
-        w = tl.load(base + 6) * u + tl.load(base + 7) * v + tl.load(base + 8)
-        ahead = w > EPS
-        r = 1.0 / tl.where(ahead, w, 1.0)
-        X = tl.where(ahead, X * r, -8.0)
-        Y = tl.where(ahead, Y * r, -8.0)
+    ahead = u == u
+    r = 1.0 + 0.0 * u
+    if KIND == 2:
+        base = theta_ptr + b * (2 * K + 6)
+        X = tl.load(base + 2 * K) + tl.load(base + 2 * K + 2) * u + tl.load(base + 2 * K + 4) * v
+        Y = tl.load(base + 2 * K + 1) + tl.load(base + 2 * K + 3) * u + tl.load(base + 2 * K + 5) * v
+        for k in range(K):
+            U = _tps_u(u, v, tgt_ptr, k)
+            X += U * tl.load(base + 2 * k)
+            Y += U * tl.load(base + 2 * k + 1)
     else:
-        ahead = u == u
-        r = 1.0 + 0.0 * u
+        NT: tl.constexpr = 9 if KIND == 1 else 6
+        base = theta_ptr + b * NT
+        X = tl.load(base + 0) * u + tl.load(base + 1) * v + tl.load(base + 2)
+        Y = tl.load(base + 3) * u + tl.load(base + 4) * v + tl.load(base + 5)
+        if KIND == 1:
+            w = tl.load(base + 6) * u + tl.load(base + 7) * v + tl.load(base + 8)
+            ahead = w > EPS
+            r = 1.0 / tl.where(ahead, w, 1.0)
+            X = tl.where(ahead, X * r, -8.0)
+            Y = tl.where(ahead, Y * r, -8.0)
     ix, gx = source_index(X, W, ALIGN, PAD)
     iy, gy = source_index(Y, H, ALIGN, PAD)
     return u, v, X, Y, r, ahead, ix, iy, gx, gy
 
 
 @triton.jit
-def warp2d_fwd(x_ptr, theta_ptr, out_ptr, C, H, W, Ho, Wo, BLOCK: tl.constexpr, MODE: tl.constexpr,
-               PAD: tl.constexpr, ALIGN: tl.constexpr, PROJ: tl.constexpr):
+def warp2d_fwd(x_ptr, theta_ptr, tgt_ptr, out_ptr, K, C, H, W, Ho, Wo, BLOCK: tl.constexpr, MODE: tl.constexpr,
+               PAD: tl.constexpr, ALIGN: tl.constexpr, KIND: tl.constexpr):
     pid, b = tl.program_id(0), tl.program_id(1)
     N = Ho * Wo
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     live = offs < N
     dtype = x_ptr.dtype.element_ty
-    u, v, X, Y, r, ahead, ix, iy, gx, gy = _coords(theta_ptr, b, offs, Ho, Wo, H, W, ALIGN, PAD, PROJ, dtype)
+    u, v, X, Y, r, ahead, ix, iy, gx, gy = _coords(theta_ptr, tgt_ptr, K, b, offs, Ho, Wo, H, W, ALIGN, PAD, KIND, dtype)
     live_ahead = live & ahead
     if MODE == 0:
         xn, kx = tap(round_half_even(ix), live_ahead, W)
@@ -90,16 +109,16 @@ def _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, HW, N, offs, t, yi, xi, W,
 
 
 @triton.jit
-def warp2d_bwd(x_ptr, theta_ptr, go_ptr, gx_ptr, det_val_ptr, det_idx_ptr, part_ptr, C, H, W, Ho, Wo,
+def warp2d_bwd(x_ptr, theta_ptr, tgt_ptr, go_ptr, gx_ptr, det_val_ptr, det_idx_ptr, part_ptr, K, C, H, W, Ho, Wo,
                BLOCK: tl.constexpr, MODE: tl.constexpr, PAD: tl.constexpr, ALIGN: tl.constexpr,
-               PROJ: tl.constexpr, NEED_X: tl.constexpr, NEED_THETA: tl.constexpr, DET: tl.constexpr):
+               KIND: tl.constexpr, NEED_X: tl.constexpr, NEED_THETA: tl.constexpr, DET: tl.constexpr):
     pid, b = tl.program_id(0), tl.program_id(1)
     N = Ho * Wo
     HW = H * W
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     live = offs < N
     dtype = x_ptr.dtype.element_ty
-    u, v, X, Y, r, ahead, ix, iy, gx, gy = _coords(theta_ptr, b, offs, Ho, Wo, H, W, ALIGN, PAD, PROJ, dtype)
+    u, v, X, Y, r, ahead, ix, iy, gx, gy = _coords(theta_ptr, tgt_ptr, K, b, offs, Ho, Wo, H, W, ALIGN, PAD, KIND, dtype)
     live_ahead = live & ahead
     dix = 0.0 * u  # d loss / d pixel coordinate, summed over channels
     diy = 0.0 * u
@@ -142,19 +161,32 @@ def warp2d_bwd(x_ptr, theta_ptr, go_ptr, gx_ptr, det_val_ptr, det_idx_ptr, part_
                 _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, HW, N, offs, 2, y1, x0, W, k10, g * wy1 * wx0, DET)
                 _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, HW, N, offs, 3, y1, x1, W, k11, g * wy1 * wx1, DET)
     if NEED_THETA:
-        NT: tl.constexpr = 9 if PROJ else 6
         dX = tl.where(live_ahead, dix * gx, 0.0)  # d loss / d normalised source coordinate
         dY = tl.where(live_ahead, diy * gy, 0.0)
-        dXn, dYn = dX * r, dY * r  # d / d numerators (r = 1 for affine maps)
-        out = part_ptr + (b * tl.num_programs(0) + pid) * NT
-        tl.store(out + 0, tl.sum(dXn * u, axis=0))
-        tl.store(out + 1, tl.sum(dXn * v, axis=0))
-        tl.store(out + 2, tl.sum(dXn, axis=0))
-        tl.store(out + 3, tl.sum(dYn * u, axis=0))
-        tl.store(out + 4, tl.sum(dYn * v, axis=0))
-        tl.store(out + 5, tl.sum(dYn, axis=0))
-        if PROJ:
-            dw = -(dX * X + dY * Y) * r  # d / d denominator
-            tl.store(out + 6, tl.sum(dw * u, axis=0))
-            tl.store(out + 7, tl.sum(dw * v, axis=0))
-            tl.store(out + 8, tl.sum(dw, axis=0))
+        if KIND == 2:  # d / d coefficients: the basis values, (K + 3, 2) row-major
+            out = part_ptr + (b * tl.num_programs(0) + pid) * (2 * K + 6)
+            for k in range(K):
+                U = _tps_u(u, v, tgt_ptr, k)
+                tl.store(out + 2 * k, tl.sum(dX * U, axis=0))
+                tl.store(out + 2 * k + 1, tl.sum(dY * U, axis=0))
+            tl.store(out + 2 * K, tl.sum(dX, axis=0))
+            tl.store(out + 2 * K + 1, tl.sum(dY, axis=0))
+            tl.store(out + 2 * K + 2, tl.sum(dX * u, axis=0))
+            tl.store(out + 2 * K + 3, tl.sum(dY * u, axis=0))
+            tl.store(out + 2 * K + 4, tl.sum(dX * v, axis=0))
+            tl.store(out + 2 * K + 5, tl.sum(dY * v, axis=0))
+        else:
+            NT: tl.constexpr = 9 if KIND == 1 else 6
+            dXn, dYn = dX * r, dY * r  # d / d numerators (r = 1 for affine maps)
+            out = part_ptr + (b * tl.num_programs(0) + pid) * NT
+            tl.store(out + 0, tl.sum(dXn * u, axis=0))
+            tl.store(out + 1, tl.sum(dXn * v, axis=0))
+            tl.store(out + 2, tl.sum(dXn, axis=0))
+            tl.store(out + 3, tl.sum(dYn * u, axis=0))
+            tl.store(out + 4, tl.sum(dYn * v, axis=0))
+            tl.store(out + 5, tl.sum(dYn, axis=0))
+            if KIND == 1:
+                dw = -(dX * X + dY * Y) * r  # d / d denominator
+                tl.store(out + 6, tl.sum(dw * u, axis=0))
+                tl.store(out + 7, tl.sum(dw * v, axis=0))
+                tl.store(out + 8, tl.sum(dw, axis=0))

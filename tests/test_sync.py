@@ -83,9 +83,11 @@ def test_grid_points_flow_and_matrix_input_read_nothing_back():
     assert len(found) >= 5 and bool(found.ok())
 
 
-@pytest.mark.parametrize("cls", [stnkit.SpatialTransformer, stnkit.CompositionalTransformer])
-def test_transformer_modules_read_nothing_back(cls):
-    st = cls(stnkit.fc_localisation(1 * 12 * 12), "affine", (6, 6))
+@pytest.mark.parametrize("cls, kw", [(stnkit.SpatialTransformer, {}),
+                                     (stnkit.SpatialTransformer, {"bounds": {"linear": (-1.5, 1.5)}}),
+                                     (stnkit.CompositionalTransformer, {})])
+def test_transformer_modules_read_nothing_back(cls, kw):
+    st = cls(stnkit.fc_localisation(1 * 12 * 12), "affine", (6, 6), **kw)
     x = torch.randn(3, 1, 12, 12)
     with checks("deferred") as found, no_host_reads():
         st(x).square().sum().backward()
@@ -289,9 +291,14 @@ def test_the_hot_path_makes_no_host_sync_on_cuda():
     x = torch.randn(8, 1, 28, 28, device=dev, requires_grad=True)
     cases = [(f, _params(f, 8).to(dev)) for f, _ in CASES if not f.endswith("3d")]
 
+    import importlib.util
+
+    backends = ["torch"] + (["triton"] if importlib.util.find_spec("triton") else [])
+
     def run():
         for family, p in cases:
-            stnkit.warp(x, p, family, fill=0.5).sum().backward()
+            for backend in backends:
+                stnkit.warp(x, p, family, fill=0.5, backend=backend).sum().backward()
             stnkit.grid(p, family, (7, 7))
             stnkit.warp_points(torch.rand(8, 4, 2, device=dev), p, family)
         st(x).sum().backward()

@@ -208,6 +208,22 @@ def test_auto_is_the_torch_path_on_a_cpu_and_nothing_imports_triton():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_the_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_gpu.py"), "--smoke", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    for title in ("forward + backward", "deterministic backward vs atomic", "inside the ST-CNN training step"):
+        assert title in r.stdout
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["family"] for row in rows} == {"affine", "projective", "tps", "affine3d"}
+    assert all(row["ms"]["stnkit-triton"] is not None and "stnkit-triton" not in row["errors"] for row in rows), rows
+    assert all(row["max_abs_diff_vs_peer"]["stnkit-triton"] < 1e-4 for row in rows if row["family"] != "tps")
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("family", ["affine", "projective", "affine3d"])
 @pytest.mark.parametrize("padding_mode", PADDINGS)

@@ -345,3 +345,19 @@ def test_bad_params_on_cuda_stop_the_program_with_a_device_assert():
     assert "device-side assert" in r.stderr, r.stderr[-2000:]
     with checks("sync"), pytest.raises(BadValues, match=r"batch item\(s\) \[0, 1\] hold NaN"):
         stnkit.warp(torch.randn(2, 1, 5, 5, device="cuda"), torch.full((2, 6), math.nan, device="cuda"), "affine")
+
+
+def test_the_docs_example_runs_and_raises_on_a_diverged_net():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    section = text[text.index("### Value checks on a GPU"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 3)]
+    st = stnkit.SpatialTransformer(stnkit.fc_localisation(25), "affine", (5, 5))
+    env = dict(stnkit=stnkit, st=st, x=torch.randn(2, 1, 5, 5), y=torch.tensor([0, 1]),
+               criterion=lambda out, y: out.flatten(1)[:, :2].sum())
+    exec(code, dict(env))  # healthy: runs through
+    with torch.no_grad():
+        st.regression.bias[2] = math.inf
+    with pytest.raises(LocalisationDiverged, match=r"batch items \[0, 1\]"):
+        exec(code, dict(env))

@@ -132,7 +132,7 @@ def warp2d_bwd(x_ptr, theta_ptr, tgt_ptr, go_ptr, gx_ptr, det_val_ptr, det_idx_p
                 g = tl.load(go_ptr + plane * N + offs, mask=live, other=0.0)
                 _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, HW, N, offs, 0, yn, xn, W, k, g, DET)
                 if DET:
-                    for t in range(1, 4):
+                    for t in tl.static_range(1, 4):
                         _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, HW, N, offs, t, yn, xn, W, k & False,
                                  g, DET)
     else:

@@ -101,7 +101,7 @@ def warp3d_bwd(x_ptr, theta_ptr, go_ptr, gx_ptr, det_val_ptr, det_idx_ptr, part_
                 flat = (zn * H + yn) * W + xn
                 _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, DHW, N, offs, 0, flat, kx & ky & kz, g, DET)
                 if DET:
-                    for t in range(1, 8):
+                    for t in tl.static_range(1, 8):
                         _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, DHW, N, offs, t, flat, kx & False, g, DET)
     else:
         fx, fy, fz = tl.floor(ix), tl.floor(iy), tl.floor(iz)
@@ -117,7 +117,7 @@ def warp3d_bwd(x_ptr, theta_ptr, go_ptr, gx_ptr, det_val_ptr, det_idx_ptr, part_
             plane = (b * C + c).to(tl.int64)
             g = tl.load(go_ptr + plane * N + offs, mask=live, other=0.0)
             src = x_ptr + plane * DHW
-            for t in range(8):  # tap t: z bit 4, y bit 2, x bit 1
+            for t in tl.static_range(8):  # tap t (unrolled): z bit 4, y bit 2, x bit 1
                 bz, by, bx = t // 4, (t // 2) % 2, t % 2
                 xi = tl.where(bx == 1, x1, x0)
                 yi = tl.where(by == 1, y1, y0)

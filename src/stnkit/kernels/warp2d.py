@@ -15,7 +15,7 @@ import triton.language as tl
 
 from ._common import out_coord, round_half_even, source_index, tap
 
-EPS = 1e-6  # functional.matrix.PROJECTIVE_EPS: denominators at or below it are behind the horizon
+EPS = tl.constexpr(1e-6)  # functional.matrix.PROJECTIVE_EPS: denominators at or below it are behind the horizon
 
 
 @triton.jit

@@ -114,7 +114,7 @@ def test_unknown_model_lists_the_known_ones():
     ("svhn-st-cnn-single", {"dropout": 1.5}, "dropout"),
     ("svhn-cnn", {"max_digits": 0}, "max_digits"),
     ("cub-2xst-cnn", {"backbone": 42}, "backbone must be"),
-    ("cub-4xst-cnn", {"crop_size": 0}, "output_size must be positive"),
+    ("cub-4xst-cnn", {"crop_size": 0}, "crop_size must be positive"),
     ("cub-cnn", {"in_shape": (224, 224)}, r"in_shape must be \(C, H, W\)"),
     ("cnn", {"budget": -5}, "budget must be a positive"),
 ])

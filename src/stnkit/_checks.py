@@ -181,9 +181,9 @@ def check_choice(name: str, value, allowed: Sequence[str], context: str = "") ->
         raise ValueError(f"{name} must be one of {list(allowed)}{where}, got {value!r}")
 
 
-def check_size(output_size, dim: int) -> tuple[int, ...]:
+def check_size(output_size, dim: int, name: str = "output_size") -> tuple[int, ...]:
     """Return `output_size` as a tuple of `dim` positive ints (an int means the same size on
-    every axis)."""
+    every axis); errors name the argument `name`."""
     if isinstance(output_size, torch.Size):
         output_size = tuple(output_size)
     if isinstance(output_size, int) and not isinstance(output_size, bool):
@@ -194,7 +194,7 @@ def check_size(output_size, dim: int) -> tuple[int, ...]:
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in output_size)
     ):
         axes = "(H', W')" if dim == 2 else "(D', H', W')"
-        raise ValueError(f"output_size must be an int or a tuple {axes} of ints, got {output_size!r}")
+        raise ValueError(f"{name} must be an int or a tuple {axes} of ints, got {output_size!r}")
     if any(s <= 0 for s in output_size):
-        raise ValueError(f"output_size must be positive on every axis, got {tuple(output_size)}")
+        raise ValueError(f"{name} must be positive on every axis, got {tuple(output_size)}")
     return tuple(output_size)

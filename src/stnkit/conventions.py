@@ -85,14 +85,6 @@ def _inverse(name: str, A: torch.Tensor, affine: bool) -> torch.Tensor:
     return _homogeneous(torch.cat([inv, -(inv @ A[:, :d, d:])], dim=2))
 
 
-def _size(name: str, size, dim: int) -> tuple[int, ...]:
-    """`check_size` naming the argument it checks."""
-    try:
-        return check_size(size, dim)
-    except ValueError as e:
-        raise ValueError(str(e).replace("output_size", name, 1)) from None
-
-
 def _work_dtype(t: torch.Tensor) -> torch.dtype:
     """Conversions run in float64 (pixel translations of 1000s lose digits in float32)."""
     return torch.promote_types(t.dtype, torch.float64)
@@ -177,8 +169,8 @@ def from_pixel_matrix(
     check_choice("maps", maps, MAPS)
     check_choice("axes", axes, AXES)
     dim = _t.get(family).dim
-    size_in = _size("input_size", input_size, dim)
-    size_out = size_in if output_size is None else _size("output_size", output_size, dim)
+    size_in = check_size(input_size, dim, "input_size")
+    size_out = size_in if output_size is None else check_size(output_size, dim, "output_size")
     A = _src_from_dst_pixels(M.to(_work_dtype(M)), family, maps, axes)
     theta = _norm_from_pixel(size_in, align_corners, A) @ A @ _pixel_from_norm(size_out, align_corners, A)
     if family != "projective":
@@ -224,8 +216,8 @@ def to_pixel_matrix(
     check_finite("params", p)
     check_choice("maps", maps, MAPS)
     check_choice("axes", axes, AXES)
-    size_in = _size("input_size", input_size, family.dim)
-    size_out = size_in if output_size is None else _size("output_size", output_size, family.dim)
+    size_in = check_size(input_size, family.dim, "input_size")
+    size_out = size_in if output_size is None else check_size(output_size, family.dim, "output_size")
     theta, affine = _norm_matrix(family, p.to(_work_dtype(p)))
     A = _pixel_from_norm(size_in, align_corners, theta) @ theta @ _norm_from_pixel(size_out, align_corners, theta)
     A = _swap_axes(A) if axes == "ij" else A  # output pixel -> input pixel, in `axes` order
@@ -249,7 +241,7 @@ def identity_grid(size: Sequence[int], align_corners: bool = False, *, dtype=Non
         size = tuple(size)
     if not isinstance(size, (tuple, list)) or len(size) not in (2, 3):
         raise ValueError(f"size must be a tuple (H, W) or (D, H, W) of ints, got {size!r}")
-    size = _size("size", size, len(size))
+    size = check_size(size, len(size), "size")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     return _coords.identity_grid(size, bool(align_corners), dtype=dtype, device=device)

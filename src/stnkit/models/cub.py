@@ -117,7 +117,7 @@ def part_model(n_st: int, in_shape=(3, 224, 224), num_classes: int = 200, crop_s
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     C, H, W = in_shape
-    size = (H // 2, W // 2) if crop_size is None else check_size(crop_size, 2)
+    size = (H // 2, W // 2) if crop_size is None else check_size(crop_size, 2, "crop_size")
     parts = _parts(backbone, max(n_st, 1))
     F = _num_features(parts[0], C, size if n_st else (H, W))
     localisation, sts = None, []

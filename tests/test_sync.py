@@ -110,6 +110,7 @@ BAD = {
     "huge params": lambda: stnkit.warp(torch.randn(2, 1, 5, 5), torch.tensor([[1e38, 0.0, 0.0]] * 2), "attention"),
     "nan fill": lambda: stnkit.warp(torch.randn(1, 2, 5, 5), T.identity("affine", 1), "affine",
                                     fill=torch.tensor([0.0, math.inf])),
+    "nan number fill": lambda: stnkit.warp(torch.randn(1, 1, 5, 5), T.identity("affine", 1), "affine", fill=math.nan),
     "h33 zero": lambda: stnkit.warp(torch.randn(1, 1, 5, 5), torch.zeros(1, 3, 3), "projective"),
     "singular inverse": lambda: stnkit.invert(torch.zeros(2, 6), "affine"),
     "nan points": lambda: stnkit.warp_points(torch.tensor([[0.0, math.nan]]), T.identity("affine", 1), "affine"),
@@ -309,8 +310,12 @@ def test_the_hot_path_makes_no_host_sync_on_cuda():
     torch.cuda.set_sync_debug_mode("error")
     try:
         run()
+        with checks("deferred") as found:  # a per-channel fill on the CPU, the rest on the GPU
+            stnkit.warp(x, cases[0][1], cases[0][0], fill=torch.tensor([0.5]))
+            ok = found.ok()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert ok.device.type == "cuda" and bool(ok)
 
 
 @pytest.mark.cuda

@@ -68,7 +68,9 @@ class Checks:
         """A 0-d bool tensor, True when every recorded check passed (no sync); None if none was recorded."""
         if not self._entries:
             return None
-        return torch.stack([ok.all().to(ok.device) for ok, _, _ in self._entries]).all()
+        oks = [ok.all() for ok, _, _ in self._entries]
+        dev = next((o.device for o in oks if o.device.type != "cpu"), oks[0].device)  # a fill's may be on the CPU
+        return torch.stack([o.to(dev, non_blocking=True) for o in oks]).all()
 
     def error(self) -> Exception | None:
         """The first failed check's error, or None (a host sync per check until the failed one)."""

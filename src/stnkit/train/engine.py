@@ -413,7 +413,8 @@ def _sync(run: Run) -> bool:
     a stop was asked for (agreed by every process)."""
     p, steps = run.progress, run.pending
     run.pending = []
-    host = torch.stack([s.values[:2] for s in steps]).tolist()  # (n, 2): loss, checks passed
+    rows = torch.stack([s.values for s in steps]).tolist()  # the one host read: (n, 2 + stats)
+    host, sums = [r[:2] for r in rows], [r[2:] for r in rows]  # (loss, checks passed), the stats
     stop = run.stop is not None and run.stop.requested
     if run.world.size > 1:  # every process must stop together, or the others wait forever
         flat = dist.all_reduce_sum([v for row in host for v in row] + [float(stop)], run.device)
@@ -426,7 +427,6 @@ def _sync(run: Run) -> bool:
             why, value = (f" ({err})" if err is not None else ""), math.nan
         if not math.isfinite(value):
             raise _diverged(run, s.epoch, s.i, s.global_step, value, why)
-    sums = torch.stack([s.values[2:] for s in steps]).tolist() if steps[0].keys else [[] for _ in steps]
     lr = run.opt.param_groups[0]["lr"] / run.opt.param_groups[0]["lr_mult"]
     for s, (value, _), row in zip(steps, host, sums):
         if run.logs is not None:

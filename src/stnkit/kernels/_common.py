@@ -85,3 +85,14 @@ def tap(p, k, n):
     """Integer tap index p (a float holding an integer) -> (clamped int index, inside [0, n))."""
     inside = (p >= 0.0) & (p <= (n - 1) * 1.0)
     return tl.minimum(tl.maximum(p, 0.0), (n - 1) * 1.0).to(tl.int32), inside & k
+
+
+@triton.jit
+def axis_taps(i, live, n):
+    """Along one axis: the two taps around pixel coordinate i (clamped), whether each is inside,
+    and their linear weights."""
+    f = tl.floor(i)
+    w1 = i - f
+    i0, k0 = tap(f, live, n)
+    i1, k1 = tap(f + 1.0, live, n)
+    return i0, i1, k0, k1, 1.0 - w1, w1

@@ -13,7 +13,7 @@ flat index) for a deterministic `index_put_(accumulate=True)`.
 import triton
 import triton.language as tl
 
-from ._common import out_coord, round_half_even, source_index, tap
+from ._common import axis_taps, out_coord, round_half_even, source_index, tap
 
 EPS = tl.constexpr(1e-6)  # functional.matrix.PROJECTIVE_EPS: denominators at or below it are behind the horizon
 
@@ -61,6 +61,22 @@ def _coords(theta_ptr, tgt_ptr, K, b, offs, Ho, Wo, H, W, ALIGN: tl.constexpr, P
 
 
 @triton.jit
+def _bilinear(ix, iy, live, W, H):
+    """The 4 taps around pixel coordinates (ix, iy): columns x0, x1, rows y0, y1 (clamped), their
+    weights, and whether each tap (y, x) = 00, 01, 10, 11 lies inside the image."""
+    x0, x1, kx0, kx1, wx0, wx1 = axis_taps(ix, live, W)
+    y0, y1, ky0, ky1, wy0, wy1 = axis_taps(iy, live, H)
+    return x0, x1, y0, y1, wx0, wx1, wy0, wy1, ky0 & kx0, ky0 & kx1, ky1 & kx0, ky1 & kx1
+
+
+@triton.jit
+def _gather4(src, W, x0, x1, y0, y1, k00, k01, k10, k11):
+    """The values at the 4 taps of one plane (0 outside)."""
+    return (tl.load(src + y0 * W + x0, mask=k00, other=0.0), tl.load(src + y0 * W + x1, mask=k01, other=0.0),
+            tl.load(src + y1 * W + x0, mask=k10, other=0.0), tl.load(src + y1 * W + x1, mask=k11, other=0.0))
+
+
+@triton.jit
 def warp2d_fwd(x_ptr, theta_ptr, tgt_ptr, out_ptr, K, C, H, W, Ho, Wo, BLOCK: tl.constexpr, MODE: tl.constexpr,
                PAD: tl.constexpr, ALIGN: tl.constexpr, KIND: tl.constexpr):
     pid, b = tl.program_id(0), tl.program_id(1)
@@ -79,20 +95,11 @@ def warp2d_fwd(x_ptr, theta_ptr, tgt_ptr, out_ptr, K, C, H, W, Ho, Wo, BLOCK: tl
             val = tl.load(x_ptr + plane * H * W + yn * W + xn, mask=k, other=0.0)
             tl.store(out_ptr + plane * N + offs, val, mask=live)
     else:
-        fx, fy = tl.floor(ix), tl.floor(iy)
-        wx1, wy1 = ix - fx, iy - fy
-        wx0, wy0 = 1.0 - wx1, 1.0 - wy1
-        x0, kx0 = tap(fx, live_ahead, W)
-        x1, kx1 = tap(fx + 1.0, live_ahead, W)
-        y0, ky0 = tap(fy, live_ahead, H)
-        y1, ky1 = tap(fy + 1.0, live_ahead, H)
+        x0, x1, y0, y1, wx0, wx1, wy0, wy1, k00, k01, k10, k11 = _bilinear(ix, iy, live_ahead, W, H)
         for c in range(C):
             plane = (b * C + c).to(tl.int64)
             src = x_ptr + plane * H * W
-            v00 = tl.load(src + y0 * W + x0, mask=ky0 & kx0, other=0.0)
-            v01 = tl.load(src + y0 * W + x1, mask=ky0 & kx1, other=0.0)
-            v10 = tl.load(src + y1 * W + x0, mask=ky1 & kx0, other=0.0)
-            v11 = tl.load(src + y1 * W + x1, mask=ky1 & kx1, other=0.0)
+            v00, v01, v10, v11 = _gather4(src, W, x0, x1, y0, y1, k00, k01, k10, k11)
             val = (v00 * wx0 + v01 * wx1) * wy0 + (v10 * wx0 + v11 * wx1) * wy1
             tl.store(out_ptr + plane * N + offs, val, mask=live)
 
@@ -136,23 +143,13 @@ def warp2d_bwd(x_ptr, theta_ptr, tgt_ptr, go_ptr, gx_ptr, det_val_ptr, det_idx_p
                         _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, HW, N, offs, t, yn, xn, W, k & False,
                                  g, DET)
     else:
-        fx, fy = tl.floor(ix), tl.floor(iy)
-        wx1, wy1 = ix - fx, iy - fy
-        wx0, wy0 = 1.0 - wx1, 1.0 - wy1
-        x0, kx0 = tap(fx, live_ahead, W)
-        x1, kx1 = tap(fx + 1.0, live_ahead, W)
-        y0, ky0 = tap(fy, live_ahead, H)
-        y1, ky1 = tap(fy + 1.0, live_ahead, H)
-        k00, k01, k10, k11 = ky0 & kx0, ky0 & kx1, ky1 & kx0, ky1 & kx1
+        x0, x1, y0, y1, wx0, wx1, wy0, wy1, k00, k01, k10, k11 = _bilinear(ix, iy, live_ahead, W, H)
         for c in range(C):
             plane = (b * C + c).to(tl.int64)
             g = tl.load(go_ptr + plane * N + offs, mask=live, other=0.0)
             if NEED_THETA:
                 src = x_ptr + plane * HW
-                v00 = tl.load(src + y0 * W + x0, mask=k00, other=0.0)
-                v01 = tl.load(src + y0 * W + x1, mask=k01, other=0.0)
-                v10 = tl.load(src + y1 * W + x0, mask=k10, other=0.0)
-                v11 = tl.load(src + y1 * W + x1, mask=k11, other=0.0)
+                v00, v01, v10, v11 = _gather4(src, W, x0, x1, y0, y1, k00, k01, k10, k11)
                 dix += g * ((v01 - v00) * wy0 + (v11 - v10) * wy1)
                 diy += g * ((v10 - v00) * wx0 + (v11 - v01) * wx1)
             if NEED_X:

@@ -3,7 +3,7 @@ and a (B, 12) src_from_dst matrix; nearest or trilinear (8 taps)."""
 import triton
 import triton.language as tl
 
-from ._common import out_coord, round_half_even, source_index, tap
+from ._common import axis_taps, out_coord, round_half_even, source_index, tap
 
 
 @triton.jit
@@ -40,15 +40,9 @@ def warp3d_fwd(x_ptr, theta_ptr, out_ptr, C, D, H, W, Do, Ho, Wo, BLOCK: tl.cons
             val = tl.load(x_ptr + plane * D * H * W + (zn * H + yn) * W + xn, mask=kx & ky & kz, other=0.0)
             tl.store(out_ptr + plane * N + offs, val, mask=live)
     else:
-        fx, fy, fz = tl.floor(ix), tl.floor(iy), tl.floor(iz)
-        wx1, wy1, wz1 = ix - fx, iy - fy, iz - fz
-        wx0, wy0, wz0 = 1.0 - wx1, 1.0 - wy1, 1.0 - wz1
-        x0, kx0 = tap(fx, live, W)
-        x1, kx1 = tap(fx + 1.0, live, W)
-        y0, ky0 = tap(fy, live, H)
-        y1, ky1 = tap(fy + 1.0, live, H)
-        z0, kz0 = tap(fz, live, D)
-        z1, kz1 = tap(fz + 1.0, live, D)
+        x0, x1, kx0, kx1, wx0, wx1 = axis_taps(ix, live, W)
+        y0, y1, ky0, ky1, wy0, wy1 = axis_taps(iy, live, H)
+        z0, z1, kz0, kz1, wz0, wz1 = axis_taps(iz, live, D)
         for c in range(C):
             plane = (b * C + c).to(tl.int64)
             src = x_ptr + plane * D * H * W
@@ -104,15 +98,9 @@ def warp3d_bwd(x_ptr, theta_ptr, go_ptr, gx_ptr, det_val_ptr, det_idx_ptr, part_
                     for t in tl.static_range(1, 8):
                         _scatter(gx_ptr, det_val_ptr, det_idx_ptr, plane, DHW, N, offs, t, flat, kx & False, g, DET)
     else:
-        fx, fy, fz = tl.floor(ix), tl.floor(iy), tl.floor(iz)
-        wx1, wy1, wz1 = ix - fx, iy - fy, iz - fz
-        wx0, wy0, wz0 = 1.0 - wx1, 1.0 - wy1, 1.0 - wz1
-        x0, kx0 = tap(fx, live, W)
-        x1, kx1 = tap(fx + 1.0, live, W)
-        y0, ky0 = tap(fy, live, H)
-        y1, ky1 = tap(fy + 1.0, live, H)
-        z0, kz0 = tap(fz, live, D)
-        z1, kz1 = tap(fz + 1.0, live, D)
+        x0, x1, kx0, kx1, wx0, wx1 = axis_taps(ix, live, W)
+        y0, y1, ky0, ky1, wy0, wy1 = axis_taps(iy, live, H)
+        z0, z1, kz0, kz1, wz0, wz1 = axis_taps(iz, live, D)
         for c in range(C):
             plane = (b * C + c).to(tl.int64)
             g = tl.load(go_ptr + plane * N + offs, mask=live, other=0.0)

@@ -9,7 +9,8 @@ shared machine hits all of them alike. Nothing here passes or fails.
     python benchmarks/bench_deform.py --memory   # and peak memory per implementation (fresh processes)
 
 Implementations (all: gradients w.r.t. input, offset, weight, bias and mask)
-  stnkit       stnkit.deform_conv2d
+  stnkit       stnkit.deform_conv2d (its compiled CPU kernel)
+  fallback     stnkit's grid_sample path, what runs where the kernel cannot be built (no compiler)
   grid_sample  each of the kh*kw taps sampled with F.grid_sample (zeros padding), then one matmul
   gather       bilinear im2col written with gathers (torch.gather on the flattened image), matmul
   conv2d       F.conv2d of the same shape: the floor, with no sampling at all
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 import stnkit
+from stnkit.functional import deform as D
+from stnkit.kernels import deform_cpu
 
 CASES = [  # (B, C_in, H, W), C_out, stride, mask
     ((8, 64, 56, 56), 64, 1, False), ((8, 64, 56, 56), 64, 1, True), ((8, 64, 56, 56), 64, 2, False),
@@ -88,11 +91,31 @@ def ours(x, offset, weight, bias, mask, stride):
     return stnkit.deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
 
 
+class _Fallback(torch.autograd.Function):
+    """stnkit's grid_sample path (functional/deform.py), which deform_conv2d takes without a compiler."""
+
+    @staticmethod
+    def forward(ctx, x, offset, weight, bias, mask, stride):
+        ctx.geo = D.Geometry(3, 3, (stride, stride), (1, 1), (1, 1), 1, 1)
+        ctx.save_for_backward(x, offset, weight, mask)
+        return D.forward(x, offset, weight, bias, mask, ctx.geo)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, offset, weight, mask = ctx.saved_tensors
+        gx, go, gw, gb, gm = D.backward(grad.contiguous(), x, offset, weight, mask, ctx.geo, True)
+        return gx, go, gw, gb, gm, None
+
+
+def fallback(x, offset, weight, bias, mask, stride):
+    return _Fallback.apply(x, offset, weight, bias, mask, stride)
+
+
 def conv2d(x, offset, weight, bias, mask, stride):
     return F.conv2d(x, weight, bias, stride=stride, padding=1)
 
 
-IMPLS = {"stnkit": ours, "grid_sample": peer_grid_sample, "gather": peer_gather, "conv2d": conv2d}
+IMPLS = {"stnkit": ours, "fallback": fallback, "grid_sample": peer_grid_sample, "gather": peer_gather, "conv2d": conv2d}
 
 
 def make_case(shape, Co, stride, masked, seed=0):
@@ -118,7 +141,7 @@ def check_peers(shape, Co, stride, masked):
     """The peers compute the same function (forward and gradients) as stnkit on this case."""
     tensors, grad = make_case(shape, Co, stride, masked)
     want = step(ours, tensors, grad, stride)
-    for name in ("grid_sample", "gather"):
+    for name in ("fallback", "grid_sample", "gather"):
         got = step(IMPLS[name], tensors, grad, stride)
         worst = max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(got, want))
         assert worst < 1e-3, f"peer {name} disagrees with stnkit by {worst:.2e} (relative)"
@@ -173,14 +196,17 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cases = QUICK if args.quick else CASES
+    if not deform_cpu.available():
+        sys.exit(f"stnkit's compiled kernel is not available ({deform_cpu.why_not()}): nothing to measure")
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}; ratios = peer / stnkit")
-    print("| case | stnkit ms | grid_sample / stnkit | gather / stnkit | stnkit / conv2d |"
-          + (" peak MiB: stnkit, grid_sample, gather, conv2d / columns |" if args.memory else ""))
-    print("|---|---:|---:|---:|---:|" + ("---|" if args.memory else ""))
+    print("| case | stnkit ms | fallback / stnkit | grid_sample / stnkit | gather / stnkit | stnkit / conv2d |"
+          + (" peak MiB: stnkit, fallback, grid_sample, gather, conv2d / columns |" if args.memory else ""))
+    print("|---|---:|---:|---:|---:|---:|" + ("---|" if args.memory else ""))
     for case in cases:
         check_peers((2, *case[0][1:]), *case[1:])
         t = time_case(*case, args.repeats)
-        row = (f"| {label(*case)} | {t['stnkit'] * 1e3:.1f} | {t['grid_sample'] / t['stnkit']:.2f} | "
+        row = (f"| {label(*case)} | {t['stnkit'] * 1e3:.1f} | {t['fallback'] / t['stnkit']:.2f} | "
+               f"{t['grid_sample'] / t['stnkit']:.2f} | "
                f"{t['gather'] / t['stnkit']:.2f} | {t['stnkit'] / t['conv2d']:.2f} |")
         if args.memory:
             (B, C, H, W), _, stride, _ = case

@@ -9,6 +9,20 @@ import torch.nn.functional as F
 
 import stnkit
 from stnkit.functional import deform as D
+from stnkit.kernels import deform_cpu
+
+
+@pytest.fixture(params=["native", "grid_sample"])
+def path(request, monkeypatch):
+    """Run the test on the compiled CPU kernel, then on the grid_sample path (every other device,
+    and the CPU without a compiler): the two must agree with the reference alike."""
+    if request.param == "native":
+        if deform_cpu._compiler() is None:
+            pytest.skip("no C++ compiler: the compiled kernel cannot be built here")
+        assert deform_cpu.available(), deform_cpu.why_not()
+    else:
+        monkeypatch.setattr(deform_cpu, "usable", lambda x: False)
+    return request.param
 
 
 def _bilinear(img, y, x):
@@ -85,7 +99,7 @@ def call(x, offset, weight, bias, stride, padding, dilation, mask):
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_the_plain_loop_reference(case, dtype):
+def test_matches_the_plain_loop_reference(case, dtype, path):
     args = make(case, dtype)
     got = call(*args)
     assert got.dtype == dtype
@@ -93,7 +107,7 @@ def test_matches_the_plain_loop_reference(case, dtype):
     torch.testing.assert_close(got.double(), reference(*args), atol=tol, rtol=tol)
 
 
-def test_points_beyond_one_pixel_outside_read_zero_and_between_blend():
+def test_points_beyond_one_pixel_outside_read_zero_and_between_blend(path):
     """torchvision's border rule: at or beyond -1 / H reads 0; at -0.5 half the border pixel."""
     x = torch.ones(1, 1, 3, 3, dtype=torch.float64)
     w = torch.ones(1, 1, 1, 1, dtype=torch.float64)
@@ -105,14 +119,14 @@ def test_points_beyond_one_pixel_outside_read_zero_and_between_blend():
 
 
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
-def test_zero_offsets_equal_conv2d(case):
+def test_zero_offsets_equal_conv2d(case, path):
     x, offset, weight, bias, stride, padding, dilation, mask = make(case, torch.float32)
     got = call(x, torch.zeros_like(offset), weight, bias, stride, padding, dilation, None)
     want = F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1] // weight.shape[1])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_integer_offsets_equal_a_shifted_convolution():
+def test_integer_offsets_equal_a_shifted_convolution(path):
     """Every tap moved by (dy, dx) = (1, -2) is the convolution of the (padded) image shifted by (-1, 2)."""
     x, _, weight, bias, *_ = make(CASES[0], torch.float64, H=8, W=9)
     off = torch.zeros(2, 18, 8, 9, dtype=torch.float64)
@@ -124,7 +138,7 @@ def test_integer_offsets_equal_a_shifted_convolution():
     torch.testing.assert_close(stnkit.deform_conv2d(x, off, weight, bias, padding=1), want, atol=1e-12, rtol=0)
 
 
-def test_offset_gradient_at_integer_taps_is_the_forward_difference_and_zero_at_the_limit():
+def test_offset_gradient_at_integer_taps_is_the_forward_difference_and_zero_at_the_limit(path):
     """At zero offsets every tap sits on a pixel: d/dy is x[y + 1] - x[y] (floor's side, as in
     torchvision), and a tap exactly one pixel outside (padding 1) passes no gradient."""
     x = torch.randn(1, 1, 5, 6, dtype=torch.float64)
@@ -141,7 +155,7 @@ def test_offset_gradient_at_integer_taps_is_the_forward_difference_and_zero_at_t
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_gradcheck_every_input(case):
+def test_gradcheck_every_input(case, path):
     x, offset, weight, bias, stride, padding, dilation, mask = make(case, B=1, H=4, W=5, spread=1.3, seed=3)
     leaves = [t.requires_grad_() for t in (x, offset, weight, bias, mask) if t is not None]
 
@@ -155,18 +169,37 @@ def test_gradcheck_every_input(case):
     assert torch.autograd.gradcheck(f, leaves)
 
 
-def test_batched_equals_per_sample_and_chunking_changes_nothing(monkeypatch):
-    x, offset, weight, bias, stride, padding, dilation, mask = make(CASES[1], torch.float64, B=5)
+@pytest.mark.parametrize("budget", [1, 15000, 70000])
+def test_batched_equals_per_sample_and_chunking_changes_nothing(monkeypatch, budget):
+    """Chunks of one item (the grid_sample path at budget 1), and in the compiled kernel row
+    tiles of one and of several rows, and chunks of several items: the same results."""
+    x, offset, weight, bias, stride, padding, dilation, mask = make(CASES[1], torch.float64, B=5, H=12, W=7)
     leaves = [t.requires_grad_() for t in (x, offset, weight, bias, mask)]
     out = call(x, offset, weight, bias, stride, padding, dilation, mask).detach()
     per = torch.cat([call(x[i:i + 1], offset[i:i + 1], weight, bias, stride, padding, dilation, mask[i:i + 1]) for i in range(5)])
     torch.testing.assert_close(out, per.detach(), atol=1e-13, rtol=0)
     g = torch.randn_like(out)
-    whole = torch.autograd.grad(call(x, offset, weight, bias, stride, padding, dilation, mask), leaves, g)
-    monkeypatch.setattr(D, "CHUNK_BYTES", 1)  # one item per chunk
-    chunked = torch.autograd.grad(call(x, offset, weight, bias, stride, padding, dilation, mask), leaves, g)
-    for a, b in zip(whole, chunked):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    paths = {"native": deform_cpu.usable(x), "grid_sample": False}
+    want = {}
+    for name, native in paths.items():
+        with monkeypatch.context() as m:
+            m.setattr(deform_cpu, "usable", lambda t: native)
+            want[name] = torch.autograd.grad(call(x, offset, weight, bias, stride, padding, dilation, mask), leaves, g)
+    seen = []
+    chunks = deform_cpu._chunks
+    monkeypatch.setattr(deform_cpu, "_chunks", lambda *a: seen.extend(chunks(*a)) or chunks(*a))
+    monkeypatch.setattr(D, "CHUNK_BYTES", budget)
+    monkeypatch.setattr(deform_cpu, "CHUNK_BYTES", budget)
+    for name, native in paths.items():
+        monkeypatch.setattr(deform_cpu, "usable", lambda t: native)
+        chunked = torch.autograd.grad(call(x, offset, weight, bias, stride, padding, dilation, mask), leaves, g)
+        for a, b in zip(want[name], chunked):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    if paths["native"]:
+        Ho = out.shape[2]
+        rows, items = {nr for _, _, _, nr in seen}, {nb for _, nb, _, _ in seen}
+        kind = {1: rows == {1}, 15000: 1 < max(rows) < Ho, 70000: 1 < max(items) < 5}[budget]
+        assert kind, (budget, seen)
 
 
 def test_bad_shapes_name_what_was_expected_and_what_came():

@@ -1,7 +1,8 @@
 """Deformable convolution (Dai et al. 2017; v2 "modulated", Zhu et al. 2019), with
 torchvision's semantics: `deform_conv2d` and the `DeformConv2d` module.
 
-The kernel is `functional.deform`; here are the checks, the `torch.library` op that makes it
+The kernels are `kernels/deform_cpu` (compiled, CPU) and `functional.deform` (grid_sample,
+every other device and dtype, and the CPU without a compiler); here are the checks, the `torch.library` op that makes it
 one node for autograd, `torch.compile` and ONNX export (as the standard `DeformConv`, opset 19),
 and the module that predicts its own offsets.
 """
@@ -67,6 +68,17 @@ def _geometry(input, offset, weight, bias, mask, stride, padding, dilation) -> D
     return D.Geometry(kh, kw, stride, padding, dilation, C // Cg, G)
 
 
+def _kernel(x: Tensor):
+    """The module whose forward/backward runs on x: the compiled CPU kernel where it is built
+    (CPU, float32/float64), else the grid_sample path."""
+    if x.device.type == "cpu":
+        from .kernels import deform_cpu
+
+        if deform_cpu.usable(x):
+            return deform_cpu
+    return D
+
+
 # One op for autograd, torch.compile and export. conv = (stride_h, stride_w, pad_h, pad_w,
 # dilation_h, dilation_w, groups, offset_groups): ints, so that the ONNX translation reads them.
 def _geo_of(weight: Tensor, conv: list[int]) -> D.Geometry:
@@ -77,7 +89,7 @@ def _geo_of(weight: Tensor, conv: list[int]) -> D.Geometry:
 @torch.library.custom_op("stnkit::deform_conv2d", mutates_args=())
 def _op(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
         conv: list[int]) -> Tensor:
-    return D.forward(input, offset, weight, bias, mask, _geo_of(weight, conv))
+    return _kernel(input).forward(input, offset, weight, bias, mask, _geo_of(weight, conv))
 
 
 @_op.register_fake
@@ -88,7 +100,7 @@ def _(input, offset, weight, bias, mask, conv):
 @torch.library.custom_op("stnkit::deform_conv2d_backward", mutates_args=())
 def _op_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
                  conv: list[int], need_bias: bool) -> list[Tensor]:
-    gx, goff, gw, gb, gm = D.backward(grad, input, offset, weight, mask, _geo_of(weight, conv), need_bias)
+    gx, goff, gw, gb, gm = _kernel(input).backward(grad, input, offset, weight, mask, _geo_of(weight, conv), need_bias)
     none = grad.new_empty(0)  # for an absent bias or mask (a fresh tensor each: returns may not alias)
     return [gx, goff, gw, none if gb is None else gb, none.clone() if gm is None else gm]
 

@@ -1,0 +1,93 @@
+"""The compiled CPU kernel of deform_conv2d: threads, its build cache, and the fallback when it
+cannot be built. (Its results against the reference: test_deform.py, on both paths.)"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import stnkit
+from stnkit.kernels import deform_cpu
+
+needs_compiler = pytest.mark.skipif(deform_cpu._compiler() is None, reason="no C++ compiler here")
+
+
+@needs_compiler
+def test_threads_split_the_work_without_races():
+    """Work units own their writes (an image plane, a tap's offsets): 1 and 4 threads agree, and
+    a repeat is bit for bit the same."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 9, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    off = (torch.randn(3, 36, 9, 10, dtype=torch.float64, generator=g) * 3).requires_grad_()  # 2 offset groups
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)  # 2 groups
+    mask = torch.rand(3, 18, 9, 10, dtype=torch.float64, generator=g, requires_grad=True)
+
+    def run(threads):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = stnkit.deform_conv2d(x, off, w, padding=1, mask=mask)
+            return [out, *torch.autograd.grad(out, (x, off, w, mask), torch.ones_like(out))]
+        finally:
+            torch.set_num_threads(before)
+
+    one, four, again = run(1), run(4), run(4)
+    for a, b, c in zip(one, four, again):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+        assert torch.equal(b, c)
+
+
+def _python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-W", "always", "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=300)
+
+
+CHECK = """
+    import torch, stnkit
+    from stnkit.kernels import deform_cpu
+    x, off, w = torch.randn(1, 2, 5, 5), torch.randn(1, 18, 5, 5), torch.randn(3, 2, 3, 3)
+    want = torch.nn.functional.conv2d(x, w, padding=1)
+    torch.testing.assert_close(stnkit.deform_conv2d(x, off * 0, w, padding=1), want)
+    print("AVAILABLE", deform_cpu.available(), "WHY", deform_cpu.why_not())
+"""
+
+
+@needs_compiler
+def test_the_build_is_cached_per_source_compiler_and_cpu(tmp_path):
+    """The first process compiles into $XDG_CACHE_HOME/stnkit/kernels; the next loads that file
+    and only asks the compiler its version."""
+    log, cxx = tmp_path / "calls", tmp_path / "cxx"
+    cxx.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {deform_cpu._compiler()} "$@"\n')
+    cxx.chmod(0o755)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "CXX": str(cxx)}
+    for run in range(2):
+        done = _python(CHECK, env)
+        assert "AVAILABLE True WHY None" in done.stdout, done.stderr
+        calls = log.read_text().splitlines()
+        assert [c.split()[0] for c in calls] == ["--version", "-O3"] + ["--version"] * run, calls
+    assert [p.suffix for p in (tmp_path / "cache" / "stnkit" / "kernels").iterdir()] == [".so"]
+
+
+@needs_compiler
+def test_an_unwritable_cache_builds_in_the_temp_dir(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    done = _python(CHECK, {"XDG_CACHE_HOME": str(tmp_path / "file"), "TMPDIR": str(tmp_path)})
+    assert "AVAILABLE True" in done.stdout, done.stderr
+    assert list(tmp_path.glob("stnkit-kernels-*/deform_cpu-*.so"))
+
+
+@pytest.mark.parametrize("env,why", [
+    ({"CXX": "no-such-compiler"}, "no C++ compiler found (set CXX, or install g++ or clang++)"),
+    ({"CXX": "false"}, "failed to compile deform_cpu.cpp"),
+    ({"STNKIT_NATIVE": "0"}, "STNKIT_NATIVE=0"),
+])
+def test_without_the_kernel_it_runs_on_grid_sample_and_says_why_once(tmp_path, env, why):
+    code = textwrap.dedent(CHECK) + "stnkit.deform_conv2d(x, off, w, padding=1)\n"  # a second call: no second warning
+    done = _python(code, {"XDG_CACHE_HOME": str(tmp_path), **env})
+    assert "AVAILABLE False" in done.stdout and why in done.stdout, (done.stdout, done.stderr)
+    warned = [line for line in done.stderr.splitlines() if "deform_conv2d's CPU kernel is not available" in line]
+    assert len(warned) == (0 if "STNKIT_NATIVE" in env else 1), done.stderr
+    if warned:
+        assert why in warned[0] and "using the slower grid_sample path" in warned[0]

@@ -4,9 +4,9 @@ Every number is a ratio measured in the same run: the implementations are timed 
 (A B C D, reversed every other round), the median of the repeats reported, so that a noisy
 shared machine hits all of them alike. Nothing here passes or fails.
 
-    python benchmarks/bench_deform.py            # ~3 min on 2 threads
+    python benchmarks/bench_deform.py            # ~1 min on 2 threads
     python benchmarks/bench_deform.py --quick    # one small case, ~20 s
-    python benchmarks/bench_deform.py --memory   # and peak memory per implementation (fresh processes)
+    python benchmarks/bench_deform.py --memory   # and peak memory per implementation (fresh processes), ~3 min
 
 Implementations (all: gradients w.r.t. input, offset, weight, bias and mask)
   stnkit       stnkit.deform_conv2d (its compiled CPU kernel)
@@ -14,7 +14,10 @@ Implementations (all: gradients w.r.t. input, offset, weight, bias and mask)
   grid_sample  each of the kh*kw taps sampled with F.grid_sample (zeros padding), then one matmul
   gather       bilinear im2col written with gathers (torch.gather on the flattened image), matmul
   conv2d       F.conv2d of the same shape: the floor, with no sampling at all
-On a GPU, torchvision.ops.deform_conv2d joins them when it imports.
+  torchvision  torchvision.ops.deform_conv2d, with --device cuda where torchvision imports (its
+               compiled ops are CUDA builds; it does not import beside the CPU build of torch)
+
+    python benchmarks/bench_deform.py --device cuda   # on a GPU (stnkit runs its grid_sample path there)
 """
 from __future__ import annotations
 
@@ -118,6 +121,9 @@ def conv2d(x, offset, weight, bias, mask, stride):
 IMPLS = {"stnkit": ours, "fallback": fallback, "grid_sample": peer_grid_sample, "gather": peer_gather, "conv2d": conv2d}
 
 
+DEVICE = torch.device("cpu")
+
+
 def make_case(shape, Co, stride, masked, seed=0):
     g = torch.Generator().manual_seed(seed)
     B, C, H, W = shape
@@ -127,8 +133,8 @@ def make_case(shape, Co, stride, masked, seed=0):
     weight = torch.randn(Co, C, 3, 3, generator=g) * 0.05
     bias = torch.randn(Co, generator=g)
     mask = torch.rand(B, 9, Ho, Wo, generator=g) if masked else None
-    grad = torch.randn(B, Co, Ho, Wo, generator=g)
-    return [t.requires_grad_() if t is not None else None for t in (x, offset, weight, bias, mask)], grad
+    grad = torch.randn(B, Co, Ho, Wo, generator=g).to(DEVICE)
+    return [t.to(DEVICE).requires_grad_() if t is not None else None for t in (x, offset, weight, bias, mask)], grad
 
 
 def step(fn, tensors, grad, stride):
@@ -141,10 +147,24 @@ def check_peers(shape, Co, stride, masked):
     """The peers compute the same function (forward and gradients) as stnkit on this case."""
     tensors, grad = make_case(shape, Co, stride, masked)
     want = step(ours, tensors, grad, stride)
-    for name in ("fallback", "grid_sample", "gather"):
+    for name in (n for n in IMPLS if n not in ("stnkit", "conv2d")):
         got = step(IMPLS[name], tensors, grad, stride)
         worst = max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(got, want))
         assert worst < 1e-3, f"peer {name} disagrees with stnkit by {worst:.2e} (relative)"
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _add_torchvision() -> None:
+    try:
+        from torchvision.ops import deform_conv2d as tv
+    except Exception as e:  # a failed import of its compiled ops is not only ImportError
+        print(f"(torchvision not measured: {type(e).__name__}: {e})")
+        return
+    IMPLS["torchvision"] = lambda x, off, w, b, m, s: tv(x, off, w, b, stride=s, padding=1, mask=m)
 
 
 def time_case(shape, Co, stride, masked, repeats):
@@ -155,8 +175,10 @@ def time_case(shape, Co, stride, masked, repeats):
         step(IMPLS[n], tensors, grad, stride)
     for r in range(repeats):
         for n in names if r % 2 == 0 else names[::-1]:
+            _sync()
             t0 = time.perf_counter()
             step(IMPLS[n], tensors, grad, stride)
+            _sync()
             samples[n].append(time.perf_counter() - t0)
     return {n: statistics.median(v) for n, v in samples.items()}
 
@@ -193,27 +215,35 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per implementation")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (adds torchvision's op; no --memory)")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     cases = QUICK if args.quick else CASES
-    if not deform_cpu.available():
+    if DEVICE.type == "cpu" and not deform_cpu.available():
         sys.exit(f"stnkit's compiled kernel is not available ({deform_cpu.why_not()}): nothing to measure")
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}; ratios = peer / stnkit")
-    print("| case | stnkit ms | fallback / stnkit | grid_sample / stnkit | gather / stnkit | stnkit / conv2d |"
-          + (" peak MiB: stnkit, fallback, grid_sample, gather, conv2d / columns |" if args.memory else ""))
-    print("|---|---:|---:|---:|---:|---:|" + ("---|" if args.memory else ""))
+    if DEVICE.type == "cuda":
+        args.memory = False  # peak memory is measured as the CPU's resident set
+        _add_torchvision()
+    peers = [n for n in IMPLS if n not in ("stnkit", "conv2d")]
+    print(f"torch {torch.__version__}, {DEVICE}, {args.threads} threads, median of {args.repeats}; ratios = peer / stnkit")
+    print("| case | stnkit ms | " + " | ".join(f"{n} / stnkit" for n in peers) + " | stnkit / conv2d |"
+          + (" peak MiB: " + ", ".join(IMPLS) + " / columns | stnkit / columns | (stnkit - conv2d) / columns |"
+             if args.memory else ""))
+    print("|---|---:|" + "---:|" * len(peers) + "---:|" + ("---|---:|---:|" if args.memory else ""))
     for case in cases:
         check_peers((2, *case[0][1:]), *case[1:])
         t = time_case(*case, args.repeats)
-        row = (f"| {label(*case)} | {t['stnkit'] * 1e3:.1f} | {t['fallback'] / t['stnkit']:.2f} | "
-               f"{t['grid_sample'] / t['stnkit']:.2f} | "
-               f"{t['gather'] / t['stnkit']:.2f} | {t['stnkit'] / t['conv2d']:.2f} |")
+        row = (f"| {label(*case)} | {t['stnkit'] * 1e3:.1f} | " + " | ".join(f"{t[n] / t['stnkit']:.2f}" for n in peers)
+               + f" | {t['stnkit'] / t['conv2d']:.2f} |")
         if args.memory:
             (B, C, H, W), _, stride, _ = case
             Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
             columns = B * C * 9 * Ho * Wo * 4 / 2**20
-            peaks = ", ".join(f"{peak_memory(n, *case):.0f}" for n in IMPLS)
-            row += f" {peaks} / {columns:.0f} |"
+            peaks = {n: peak_memory(n, *case) for n in IMPLS}
+            row += (f" {', '.join(f'{v:.0f}' for v in peaks.values())} / {columns:.0f} | "
+                    f"{peaks['stnkit'] / columns:.2f} | {(peaks['stnkit'] - peaks['conv2d']) / columns:.2f} |")
         print(row, flush=True)
 
 

@@ -5,12 +5,13 @@
 #     bash benchmarks/gpu_check.sh                # logs and summary in ${OUT:-gpu_check_out}/
 #     OUT=/tmp/x PYTHON=python3 bash benchmarks/gpu_check.sh
 #
-# Steps, each under `timeout` (15, 165, 180, 100 s; override with T_INFO, T_PYTEST, T_BENCH_GPU, T_TRAIN),
-# 8 minutes at most in all:
+# Steps, each under `timeout` (15, 150, 180, 100, 45 s; override with T_INFO, T_PYTEST, T_BENCH_GPU,
+# T_TRAIN, T_DEFORM), 8.2 minutes at most in all:
 #   info       nvidia-smi -L; python, torch, CUDA, triton and kornia versions; missing imports
 #   pytest     python -m pytest -o addopts= -m cuda -q -rfE -p no:cacheprovider
 #   bench_gpu  python benchmarks/bench_gpu.py --quick --json $OUT/bench_gpu.json   (BENCH_GPU_ARGS: --quick)
 #   bench_train python benchmarks/bench_train.py --quick --device cuda   (BENCH_TRAIN_ARGS to change)
+#   bench_deform python benchmarks/bench_deform.py --device cuda   (against torchvision.ops.deform_conv2d)
 # A failing step does not stop the others; the exit status is non-zero if any step failed (a timeout
 # is exit status 124).  Each step's output is in $OUT/<step>.log, the summary in $OUT/summary.md.
 # src/ is put first on PYTHONPATH, so stnkit needs no install; wheels in .whl/ (if any) are installed
@@ -32,7 +33,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         || echo "warning: installing .whl/*.whl failed, see $OUT_DIR/wheels.log"
 fi
 
-T_INFO="${T_INFO:-15}" T_PYTEST="${T_PYTEST:-165}" T_BENCH_GPU="${T_BENCH_GPU:-180}" T_TRAIN="${T_TRAIN:-100}"
+T_INFO="${T_INFO:-15}" T_PYTEST="${T_PYTEST:-150}" T_BENCH_GPU="${T_BENCH_GPU:-180}" T_TRAIN="${T_TRAIN:-100}"
+T_DEFORM="${T_DEFORM:-45}"
 BENCH_GPU_ARGS="${BENCH_GPU_ARGS:---quick}" BENCH_TRAIN_ARGS="${BENCH_TRAIN_ARGS:---quick --device cuda}"
 
 STEPS=() RCS=() SECS=()
@@ -86,6 +88,7 @@ step pytest "$T_PYTEST" "$PYTHON" -m pytest -o addopts= -m cuda -q -rfE -p no:ca
 step bench_gpu "$T_BENCH_GPU" "$PYTHON" benchmarks/bench_gpu.py $BENCH_GPU_ARGS --json "$OUT_DIR/bench_gpu.json"
 # shellcheck disable=SC2086
 step bench_train "$T_TRAIN" "$PYTHON" benchmarks/bench_train.py $BENCH_TRAIN_ARGS
+step bench_deform "$T_DEFORM" "$PYTHON" benchmarks/bench_deform.py --device cuda --repeats 5
 
 key_line() {  # the line(s) of a step's log that say how it went
     local name="$1" log="$OUT_DIR/$1.log" rc="$2"
@@ -95,6 +98,7 @@ key_line() {  # the line(s) of a step's log that say how it went
         pytest) line=$(grep -E '([0-9]+ (passed|failed|skipped|deselected|errors?))|no tests ran' "$log" | tail -n 1) ;;
         bench_gpu) line=$(grep -E '^(# bench_gpu|no CUDA GPU|\(total)' "$log" | paste -sd ';' -) ;;
         bench_train) line=$(grep -E '^training images/s' "$log" | tail -n 1) ;;
+        bench_deform) line=$(grep -E '^(torch |\(torchvision)' "$log" | paste -sd ';' -) ;;
     esac
     if [ -z "$line" ] || [ "$rc" -ne 0 ]; then  # say why it failed: the log's last non-empty line
         local last
@@ -120,6 +124,9 @@ key_line() {  # the line(s) of a step's log that say how it went
     echo
     echo "### bench_train table"
     grep -E '^(\||training images/s)' "$OUT_DIR/bench_train.log" || echo "(none: see bench_train.log)"
+    echo
+    echo "### bench_deform table"
+    grep -E '^\|' "$OUT_DIR/bench_deform.log" || echo "(none: see bench_deform.log)"
     echo
     echo "overall: $([ "$failed" -eq 0 ] && echo "all steps exited 0" || echo "SOME STEP FAILED")"
 } | tee "$OUT_DIR/summary.md"

@@ -118,6 +118,18 @@ def test_points_beyond_one_pixel_outside_read_zero_and_between_blend(path):
         assert float(out) == pytest.approx(want, abs=1e-15), dy
 
 
+def test_a_nan_offset_gives_nan_and_an_infinite_one_reads_zero(path):
+    """As torchvision: a NaN position poisons its output pixel (so a diverged offset net shows in
+    the loss instead of reading 0), and +-inf is beyond one pixel outside, so it reads 0."""
+    x, w = torch.ones(1, 1, 4, 4), torch.ones(1, 1, 1, 1)
+    for bad, want in ((float("nan"), float("nan")), (float("inf"), 0.0), (-float("inf"), 0.0), (1e30, 0.0)):
+        off = torch.zeros(1, 2, 4, 4)
+        off[0, 1, 2, 1] = bad  # dx of output pixel (2, 1)
+        out = stnkit.deform_conv2d(x, off, w)[0, 0]
+        assert torch.all(out.flatten()[torch.arange(16) != 9] == 1), bad  # every other pixel reads its tap
+        assert out[2, 1].isnan() if want != want else float(out[2, 1]) == want, bad
+
+
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
 def test_zero_offsets_equal_conv2d(case, path):
     x, offset, weight, bias, stride, padding, dilation, mask = make(case, torch.float32)

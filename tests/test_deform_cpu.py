@@ -91,3 +91,18 @@ def test_without_the_kernel_it_runs_on_grid_sample_and_says_why_once(tmp_path, e
     assert len(warned) == (0 if "STNKIT_NATIVE" in env else 1), done.stderr
     if warned:
         assert why in warned[0] and "using the slower grid_sample path" in warned[0]
+
+
+@pytest.mark.parametrize("stride,masked", [(1, True), (2, False)])
+def test_the_benchmark_checks_its_peers_before_timing_them(monkeypatch, stride, masked):
+    """bench_deform.py times its peers only after checking them against stnkit: they agree, and
+    a peer that samples at the wrong place (offsets with dy and dx swapped) is caught."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import bench_deform
+
+    bench_deform.check_peers((2, 4, 9, 8), 3, stride, masked)
+    B, _, Ho, Wo = (2, 18) + (((9 - 1) // stride + 1), ((8 - 1) // stride + 1))
+    swapped = lambda x, off, *a: bench_deform.peer_gather(x, off.view(B, 9, 2, Ho, Wo).flip(2).reshape(B, 18, Ho, Wo), *a)
+    monkeypatch.setitem(bench_deform.IMPLS, "gather", swapped)
+    with pytest.raises(AssertionError, match="peer gather disagrees"):
+        bench_deform.check_peers((2, 4, 9, 8), 3, stride, masked)

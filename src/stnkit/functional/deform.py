@@ -73,6 +73,9 @@ def _taps(offset: torch.Tensor, H: int, W: int, geo: Geometry) -> _Taps:
     kj = torch.arange(geo.kw, **kw_).repeat(geo.kh) * dw  # (K,): column of tap k
     y = off[:, :, :, 0] + ((torch.arange(Ho, **kw_) * sh - ph)[None, :, None] + ki[:, None, None])  # (b, G, K, Ho, Wo)
     x = off[:, :, :, 1] + ((torch.arange(Wo, **kw_) * sw - pw)[None, None, :] + kj[:, None, None])
+    # Clamped: nothing changes within a pixel of the image, and +-inf reads 0 as every other
+    # point outside does (grid_sample would make it NaN); NaN stays NaN, as in torchvision.
+    y, x = y.clamp(-2, H + 1), x.clamp(-2, W + 1)
     inside = (y > -1) & (y < H) & (x > -1) & (x < W)
     Hc, Wc = _pow2(H), _pow2(W)
     grid = torch.stack([(2 * x + 1) / Wc - 1, (2 * y + 1) / Hc - 1], dim=-1)  # exact for integer x, y

@@ -200,18 +200,26 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def _setup(x, offset, weight, mask, geo: Geometry):
-    """-> (channels-last image, offset, mask, the weight as (groups, C_out / groups, K C_in / groups)
-    in the columns' (tap, channel) order, and the chunks: (_Chunk, its items, its output positions))."""
+    """-> (channels-last image, contiguous offset and mask, the weight as (groups, C_out / groups,
+    K C_in / groups) in the columns' (tap, channel) order, and a function that makes a chunk:
+    (b0, nb, r0, nr) -> (its _Chunk, its items, its output positions))."""
     offset = offset.contiguous()
     mask = None if mask is None else mask.contiguous()
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[2:]
-    Co, groups, K = weight.shape[0], geo.groups, geo.kh * geo.kw
+    Co, groups = weight.shape[0], geo.groups
     wmat = weight.permute(0, 2, 3, 1).reshape(groups, Co // groups, -1)
     lib = _library()
-    chunks = ((_Chunk(lib, offset, (C, H, W, Ho, Wo), geo, b0, nb, r0, nr), slice(b0, b0 + nb), slice(r0 * Wo, (r0 + nr) * Wo))
-              for b0, nb, r0, nr in _chunks(B, C, geo.offset_groups, K, Ho, Wo, x.element_size()))
-    return _channels_last(x), offset, mask, wmat, chunks
+
+    def chunk(b0, nb, r0, nr):
+        return _Chunk(lib, offset, (C, H, W, Ho, Wo), geo, b0, nb, r0, nr), slice(b0, b0 + nb), slice(r0 * Wo, (r0 + nr) * Wo)
+
+    return _channels_last(x), offset, mask, wmat, chunk
+
+
+def _plan(x, offset, geo: Geometry):
+    B, C = x.shape[:2]
+    return _chunks(B, C, geo.offset_groups, geo.kh * geo.kw, *offset.shape[2:], x.element_size())
 
 
 def forward(x, offset, weight, bias, mask, geo: Geometry) -> torch.Tensor:
@@ -221,16 +229,20 @@ def forward(x, offset, weight, bias, mask, geo: Geometry) -> torch.Tensor:
     B, C = x.shape[:2]
     Ho, Wo = offset.shape[2:]
     Co, groups, K = weight.shape[0], geo.groups, geo.kh * geo.kw
-    xcl, offset, mask, wmat, chunks = _setup(x, offset, weight, mask, geo)
+    xcl, offset, mask, wmat, chunk = _setup(x, offset, weight, mask, geo)
     out = x.new_empty(B, Co, Ho, Wo)
     by_group = out.view(B, groups, Co // groups, Ho * Wo)
-    for ch, items, pos in chunks:
-        cols = x.new_empty(ch.nb, groups, ch.n, K * C // groups)
+
+    def one(ch, items, pos):  # a function, so that a chunk's buffers are gone before the next one's
+        cols = x.new_empty(ch.nb, groups, ch.n, K * C // groups)  # (nb, groups, n, K C_in / groups)
         ch.run("im2col", ch.nb * ch.n, 4 * C * K, xcl, mask, out=(cols,))
         if ch.nr == Ho:
             torch.matmul(wmat, cols.transpose(-1, -2), out=by_group[items])
         else:
             by_group[items, :, :, pos] = torch.matmul(wmat, cols.transpose(-1, -2))
+
+    for plan in _plan(x, offset, geo):
+        one(*chunk(*plan))
     return out if bias is None else out.add_(bias[:, None, None])
 
 
@@ -239,19 +251,24 @@ def backward(grad, x, offset, weight, mask, geo: Geometry, need_bias: bool):
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[2:]
     Co, groups, K = weight.shape[0], geo.groups, geo.kh * geo.kw
-    xcl, offset, mask, wmat, chunks = _setup(x, offset, weight, mask, geo)
+    xcl, offset, mask, wmat, chunk = _setup(x, offset, weight, mask, geo)
     go_all = grad.reshape(B, groups, Co // groups, Ho * Wo)
     g_xcl, g_off = torch.zeros_like(xcl), torch.empty_like(offset)
     g_mask = None if mask is None else torch.empty_like(mask)
     g_w = torch.zeros_like(wmat)
-    for ch, items, pos in chunks:
-        cols = x.new_empty(ch.nb, groups, ch.n, K * C // groups)  # (nb, groups, n, K C_in / groups)
+
+    def one(ch, items, pos):
+        cols = x.new_empty(ch.nb, groups, ch.n, K * C // groups)
         ch.run("im2col", ch.nb * ch.n, 4 * C * K, xcl, mask, out=(cols,))
         go = go_all[items, :, :, pos]  # (nb, groups, C_out / groups, n)
-        g_w += torch.matmul(go, cols).sum(0)
+        g_w.add_(torch.matmul(go, cols).sum(0))
         g_cols = torch.matmul(go.transpose(-1, -2), wmat, out=cols)  # d/d(masked columns), in the columns' memory
         ch.run("col2im", ch.nb * ch.nc, 4 * C * K * ch.n // ch.nc, g_cols, mask, out=(g_xcl,))
         ch.run("coord_grads", ch.nb * ch.n, 4 * C * K, xcl, g_cols, mask, out=(g_off, g_mask))
+
+    for plan in _plan(x, offset, geo):
+        one(*chunk(*plan))
+    del xcl  # before the input gradient's copy back to (B, C, H, W): a lower peak
     g_x = g_xcl[:, :-1].view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
     g_w = g_w.view(Co, geo.kh, geo.kw, C // groups).permute(0, 3, 1, 2).contiguous()
     g_bias = grad.sum((0, 2, 3)) if need_bias else None

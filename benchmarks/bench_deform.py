@@ -209,6 +209,19 @@ def label(shape, Co, stride, masked):
     return f"{'x'.join(map(str, shape))} -> {Co}, s{stride}{', mask' if masked else ''}"
 
 
+def sizes_mib(shape, Co, stride, masked) -> tuple[float, float]:
+    """(columns, results) in MiB: the sampled columns (B, C_in * 9, H_out * W_out), and what any
+    implementation must hand back, the output and the gradients of input, offset, weight, bias and
+    mask (float32)."""
+    (B, C, H, W) = shape
+    L = ((H - 1) // stride + 1) * ((W - 1) // stride + 1)
+    results = B * Co * L + B * C * H * W + B * 18 * L + Co * C * 9 + Co + (B * 9 * L if masked else 0)
+    return B * C * 9 * L * 4 / 2**20, results * 4 / 2**20
+
+
+PEERS = ("grid_sample", "gather")  # the pure-PyTorch deformable convolutions people write
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one small case")
@@ -226,25 +239,25 @@ def main(argv=None):
     if DEVICE.type == "cuda":
         args.memory = False  # peak memory is measured as the CPU's resident set
         _add_torchvision()
-    peers = [n for n in IMPLS if n not in ("stnkit", "conv2d")]
+    others = [n for n in IMPLS if n not in ("stnkit", "conv2d")]
     print(f"torch {torch.__version__}, {DEVICE}, {args.threads} threads, median of {args.repeats}; ratios = peer / stnkit")
-    print("| case | stnkit ms | " + " | ".join(f"{n} / stnkit" for n in peers) + " | stnkit / conv2d |"
-          + (" peak MiB: " + ", ".join(IMPLS) + " / columns | stnkit / columns | (stnkit - conv2d) / columns |"
-             if args.memory else ""))
-    print("|---|---:|" + "---:|" * len(peers) + "---:|" + ("---|---:|---:|" if args.memory else ""))
+    print("| case | stnkit ms | " + " | ".join(f"{n} / stnkit" for n in others) + " | best peer / stnkit | stnkit / conv2d |"
+          + (" peak MiB: " + ", ".join(IMPLS) + " | columns MiB | stnkit workspace / columns |" if args.memory else ""))
+    print("|---|---:|" + "---:|" * len(others) + "---:|---:|" + ("---|---:|---:|" if args.memory else ""))
     for case in cases:
         check_peers((2, *case[0][1:]), *case[1:])
         t = time_case(*case, args.repeats)
-        row = (f"| {label(*case)} | {t['stnkit'] * 1e3:.1f} | " + " | ".join(f"{t[n] / t['stnkit']:.2f}" for n in peers)
-               + f" | {t['stnkit'] / t['conv2d']:.2f} |")
+        best = min(t[n] for n in PEERS)
+        row = (f"| {label(*case)} | {t['stnkit'] * 1e3:.1f} | " + " | ".join(f"{t[n] / t['stnkit']:.2f}" for n in others)
+               + f" | {best / t['stnkit']:.2f} | {t['stnkit'] / t['conv2d']:.2f} |")
         if args.memory:
-            (B, C, H, W), _, stride, _ = case
-            Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
-            columns = B * C * 9 * Ho * Wo * 4 / 2**20
+            columns, results = sizes_mib(*case)
             peaks = {n: peak_memory(n, *case) for n in IMPLS}
-            row += (f" {', '.join(f'{v:.0f}' for v in peaks.values())} / {columns:.0f} | "
-                    f"{peaks['stnkit'] / columns:.2f} | {(peaks['stnkit'] - peaks['conv2d']) / columns:.2f} |")
+            row += (f" {', '.join(f'{v:.0f}' for v in peaks.values())} | {columns:.1f} | "
+                    f"{(peaks['stnkit'] - results) / columns:.2f} |")
         print(row, flush=True)
+    print("best peer: the faster of " + " and ".join(PEERS) + " (fallback is stnkit's own path without a compiler)."
+          + (" workspace: stnkit's peak less its results (the output and the five gradients)." if args.memory else ""))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,48 @@ def test_threads_split_the_work_without_races():
         assert torch.equal(b, c)
 
 
+# (B, C_in, C_out, groups, offset_groups, ns): C_in >= 16 runs the kernels' vector blocks of
+# channels (16 floats, 8 doubles) and a remainder. Fewer items than 4 threads split each item's
+# positions into ns slices in the backward, each spreading its gradient into an image of its own
+# that Python adds up.
+WIDE = [(1, 48, 6, 3, 1, 4), (3, 40, 4, 2, 1, 2), (2, 40, 8, 1, 2, 2), (1, 33, 3, 1, 1, 4), (4, 20, 4, 1, 1, 1)]
+
+
+@needs_compiler
+@pytest.mark.parametrize("B,C,Co,groups,G,ns", WIDE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_wide_inputs_and_position_slices_agree_with_the_grid_sample_path(monkeypatch, B, C, Co, groups, G, ns, dtype):
+    g = torch.Generator().manual_seed(C + B)
+    x = torch.randn(B, C, 12, 13, dtype=torch.float64, generator=g)
+    off = torch.randn(B, 18 * G, 12, 13, dtype=torch.float64, generator=g) * 2.5
+    w = torch.randn(Co, C // groups, 3, 3, dtype=torch.float64, generator=g)
+    mask = torch.rand(B, 9 * G, 12, 13, dtype=torch.float64, generator=g)
+    bias = torch.randn(Co, dtype=torch.float64, generator=g)
+    gout = torch.randn(B, Co, 12, 13, dtype=torch.float64, generator=g)
+    slices = []
+    init = deform_cpu._Chunk.__init__
+    monkeypatch.setattr(deform_cpu._Chunk, "__init__", lambda self, *a: init(self, *a) or slices.append(self.ns))
+
+    def run(native):
+        monkeypatch.setattr(deform_cpu, "usable", lambda t: native)
+        leaves = [t.to(dtype).requires_grad_() for t in (x, off, w, bias, mask)]
+        out = stnkit.deform_conv2d(*leaves[:4], padding=1, mask=leaves[4])
+        return [out, *torch.autograd.grad(out, leaves, gout.to(dtype))]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        got, again = run(True), run(True)
+    finally:
+        torch.set_num_threads(before)
+    want = run(False)
+    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-4, rtol=2e-4)
+    for name, a, b, c in zip(["output", "input", "offset", "weight", "bias", "mask"], got, want, again):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+        assert torch.equal(a, c), f"{name} differs between two runs on 4 threads"
+    assert set(slices) == {ns}, slices
+
+
 def _python(code: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-W", "always", "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env={**os.environ, **env}, timeout=300)
@@ -106,3 +148,37 @@ def test_the_benchmark_checks_its_peers_before_timing_them(monkeypatch, stride, 
     monkeypatch.setitem(bench_deform.IMPLS, "gather", swapped)
     with pytest.raises(AssertionError, match="peer gather disagrees"):
         bench_deform.check_peers((2, 4, 9, 8), 3, stride, masked)
+
+
+@needs_compiler
+def test_without_openmp_the_kernel_runs_on_its_own_threads(tmp_path):
+    """A compiler without OpenMP (clang without libomp) builds the std::thread version, which
+    gives the same results on several threads."""
+    code = """
+        import torch, stnkit
+        from stnkit.kernels import deform_cpu
+        deform_cpu.OPENMP = ()
+        torch.set_num_threads(3)
+        g = torch.Generator().manual_seed(0)
+        x, off = torch.randn(2, 40, 6, 7, dtype=torch.float64, generator=g), torch.randn(2, 18, 6, 7, dtype=torch.float64, generator=g)
+        w, m = torch.randn(5, 40, 3, 3, dtype=torch.float64, generator=g), torch.rand(2, 9, 6, 7, dtype=torch.float64, generator=g)
+        def run():
+            leaves = [t.clone().requires_grad_() for t in (x, off, w, m)]
+            out = stnkit.deform_conv2d(leaves[0], leaves[1], leaves[2], padding=1, mask=leaves[3])
+            return [out, *torch.autograd.grad(out.square().sum(), leaves)]
+        got = run()
+        assert deform_cpu.available() and deform_cpu._library().stnkit_dcn_openmp() == 0
+        deform_cpu.usable = lambda t: False
+        for a, b in zip(got, run()):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+        print("AGREE")
+    """
+    done = _python(code, {"XDG_CACHE_HOME": str(tmp_path)})
+    assert "AGREE" in done.stdout, done.stderr
+
+
+def test_images_beyond_int32_pixel_indices_take_the_grid_sample_path():
+    """The kernel indexes pixels with int32: an image of 2^31 pixels or more goes to the other path."""
+    small, huge = torch.zeros(1, 1, 4, 4), torch.zeros(1).expand(1, 1, 46341, 46341)
+    assert not deform_cpu.usable(huge)
+    assert deform_cpu.usable(small) == deform_cpu.available()

@@ -13,13 +13,15 @@ results, slower: a warning says so once.
     backward(grad, x, offset, weight, mask, geo, need_bias)  as functional.deform.backward
 
 Work is done in chunks (batch items, and output rows when one item is too large) whose columns
-and tap table stay under CHUNK_BYTES; within a chunk, the kernel's work units (an item's channel,
-or an item's tap) are split over torch.get_num_threads() threads (ctypes releases the GIL).
+stay under CHUNK_BYTES; a chunk's columns meet the weight in torch's GEMM, and the kernel splits
+its own loops over torch.get_num_threads() threads: OpenMP's (built with -fopenmp, it shares
+torch's OpenMP threads where torch uses GNU OpenMP), else std::threads (ctypes releases the GIL).
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -27,7 +29,6 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -37,17 +38,15 @@ from ..functional.deform import Geometry
 
 SOURCE = Path(__file__).with_name("deform_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC")
-CHUNK_BYTES = 32 * 2**20  # columns + tap table of one chunk
-GRAIN = 2**16  # the least work worth a thread
+OPENMP = ("-fopenmp",)  # tried first; without it (clang with no libomp) the kernel uses std::thread
+CHUNK_BYTES = 16 * 2**20  # the columns of one chunk
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _P, _I = ctypes.c_void_p, ctypes.c_int64
-_SIGNATURES = {  # (*inputs, geo, nr, u0, u1, table, *outputs)
-    "taps": [_P, _P, _I, _I, _I, _P],
-    "im2col": [_P, _P, _P, _I, _I, _I, _P, _P],
-    "col2im": [_P, _P, _P, _I, _I, _I, _P, _P],
-    "coord_grads": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P],
+_SIGNATURES = {  # (*inputs, geo, nr, threads, *outputs)
+    "im2col": [_P, _P, _P, _P, _I, _I, _P],
+    "col2im_coords": [_P, _P, _P, _P, _P, _I, _I, _P, _P, _P],
 }
-ABI = 3
+ABI = 4
 _state: dict = {}
 _lock = threading.Lock()
 
@@ -70,17 +69,21 @@ def cache_dir() -> Path:
 
 
 def _build(cxx: str) -> Path:
-    """Compile the source (once per source, compiler, flags and CPU) -> the shared library's path."""
+    """Compile the source (once per source, compiler, flags and CPU) -> the shared library's path.
+    With OpenMP if the compiler has it, else without."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, *FLAGS, *OPENMP, _cpu_id()]).encode()).hexdigest()[:16]
     for root in (cache_dir(), Path(tempfile.gettempdir()) / f"stnkit-kernels-{os.getuid()}"):
         lib = root / f"deform_cpu-{key}.so"
         if lib.exists():
             return lib
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "lib.so"
-            done = subprocess.run([cxx, *FLAGS, "-o", str(out), str(SOURCE)], capture_output=True, text=True, timeout=600)
-            if done.returncode:
+            for flags in (FLAGS + OPENMP, FLAGS):
+                done = subprocess.run([cxx, *flags, "-o", str(out), str(SOURCE)], capture_output=True, text=True, timeout=600)
+                if not done.returncode:
+                    break
+            else:
                 raise RuntimeError(f"{cxx} failed to compile {SOURCE.name}: {done.stderr.strip()[-500:]}")
             try:
                 return atomic_write(lib, out.read_bytes())
@@ -105,7 +108,6 @@ def _load():
         for name, args in _SIGNATURES.items():
             fn = getattr(lib, f"stnkit_dcn_{name}_{s}")
             fn.argtypes, fn.restype = args, None
-        getattr(lib, f"stnkit_dcn_tap_bytes_{s}").restype = ctypes.c_int64
     return lib, None
 
 
@@ -130,29 +132,12 @@ def why_not() -> str | None:
     return _state["why"]
 
 
+MAX_PIXELS = 2**31 - 2  # the kernel indexes an item's pixels (and its zero pixel) with int32
+
+
 def usable(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in DTYPES and available()
-
-
-def _pool(n: int) -> ThreadPoolExecutor:
-    pool = _state.get("pool")
-    if pool is None or _state["pool_size"] < n or _state["pool_pid"] != os.getpid():  # threads do not survive fork
-        pool = _state["pool"] = ThreadPoolExecutor(n, thread_name_prefix="stnkit-dcn")
-        _state["pool_size"], _state["pool_pid"] = n, os.getpid()
-    return pool
-
-
-def _parallel(call, units: int, work: int) -> None:
-    """call(u0, u1) over [0, units) (each unit about `work` multiply-adds), split into up to
-    torch.get_num_threads() ranges of at least GRAIN multiply-adds each."""
-    n = max(1, min(torch.get_num_threads(), units, units * work // GRAIN))
-    edges = [units * i // n for i in range(n + 1)]
-    if n == 1:
-        return call(0, units)
-    futures = [_pool(n - 1).submit(call, edges[i], edges[i + 1]) for i in range(1, n)]
-    call(edges[0], edges[1])
-    for f in futures:
-        f.result()
+    """Whether the kernel runs on x (B, C, H, W): CPU, float32/64, H W within int32, and built."""
+    return x.device.type == "cpu" and x.dtype in DTYPES and x.shape[-2] * x.shape[-1] <= MAX_PIXELS and available()
 
 
 def _ptr(t: torch.Tensor | None):
@@ -160,29 +145,29 @@ def _ptr(t: torch.Tensor | None):
 
 
 class _Chunk:
-    """Items [b0, b0 + nb) and output rows [r0, r0 + nr): its geometry array and tap table."""
+    """Items [b0, b0 + nb) and output rows [r0, r0 + nr) of a call: its geometry array, its
+    n = nr * Wo positions, and ns, the slices of each item's positions that the backward's threads
+    share. More than one only where there are fewer items than threads: each slice then spreads
+    its gradient into an image of its own (ns images per item, together at most half the chunk's
+    columns), which are added up after."""
 
-    def __init__(self, lib, offset, shape, geo: Geometry, b0: int, nb: int, r0: int, nr: int):
+    def __init__(self, lib, dtype, shape, geo: Geometry, b0: int, nb: int, r0: int, nr: int):
         C, H, W, Ho, Wo = shape
-        G, K = geo.offset_groups, geo.kh * geo.kw
-        nc = max(1, min(C // 8, -(-2 * torch.get_num_threads() // nb)))  # col2im's channel blocks per item
-        self.lib, self.s, self.nb, self.nr, self.n, self.nc = lib, DTYPES[offset.dtype], nb, nr, nr * Wo, nc
-        self.geo = (ctypes.c_int64 * 18)(C, H, W, G, geo.kh, geo.kw, Ho, Wo, *geo.stride, *geo.padding,
-                                         *geo.dilation, b0, r0, geo.groups, nc)
-        tap_bytes = getattr(lib, f"stnkit_dcn_tap_bytes_{self.s}")()
-        self.table = torch.empty(nb * self.n * G * K * tap_bytes, dtype=torch.uint8)  # (nb, n, G, K) taps
-        self.run("taps", nb * self.n, 16 * G * K, offset)
+        K, n = geo.kh * geo.kw, nr * Wo
+        ns = max(1, min(-(-torch.get_num_threads() // nb), n // 32, K * n // (2 * (H * W + 1))))
+        self.lib, self.s, self.nb, self.nr, self.n, self.ns = lib, DTYPES[dtype], nb, nr, n, ns
+        self.geo = (ctypes.c_int64 * 19)(C, H, W, geo.offset_groups, geo.kh, geo.kw, Ho, Wo, *geo.stride,
+                                         *geo.padding, *geo.dilation, b0, r0, geo.groups, ns, nb)
 
-    def run(self, name: str, units: int, work: int, *head, out=()) -> None:
-        """kernel(*head, geo, nr, u0, u1, table, *out) over [0, units) (`work` per unit), in threads."""
+    def run(self, name: str, *inputs, out=()) -> None:
+        """kernel(*inputs, geo, nr, threads, *out) on the chunk, on up to torch.get_num_threads() threads."""
         f = getattr(self.lib, f"stnkit_dcn_{name}_{self.s}")
-        a = [*map(_ptr, head)], [self.table.data_ptr(), *map(_ptr, out)]
-        _parallel(lambda u0, u1: f(*a[0], ctypes.addressof(self.geo), self.nr, u0, u1, *a[1]), units, work)
+        f(*map(_ptr, inputs), ctypes.addressof(self.geo), self.nr, torch.get_num_threads(), *map(_ptr, out))
 
 
-def _chunks(B: int, C: int, G: int, K: int, Ho: int, Wo: int, itemsize: int):
-    """(b0, nb, r0, nr) covering the batch, each chunk's columns and tap table under CHUNK_BYTES."""
-    per_row = K * Wo * (C * itemsize + G * (16 + 12 * itemsize))
+def _chunks(B: int, C: int, K: int, Ho: int, Wo: int, itemsize: int):
+    """(b0, nb, r0, nr) covering the batch, each chunk's columns under CHUNK_BYTES."""
+    per_row = K * Wo * C * itemsize
     items = CHUNK_BYTES // (per_row * Ho)
     if items >= 1:
         return [(b0, min(items, B - b0), 0, Ho) for b0 in range(0, B, items)]
@@ -201,8 +186,8 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def _setup(x, offset, weight, mask, geo: Geometry):
     """-> (channels-last image, contiguous offset and mask, the weight as (groups, C_out / groups,
-    K C_in / groups) in the columns' (tap, channel) order, and a function that makes a chunk:
-    (b0, nb, r0, nr) -> (its _Chunk, its items, its output positions))."""
+    K C_in / groups) in the columns' (tap, channel) order, and the chunks: (its _Chunk, its
+    items, its output positions) for each)."""
     offset = offset.contiguous()
     mask = None if mask is None else mask.contiguous()
     B, C, H, W = x.shape
@@ -210,16 +195,9 @@ def _setup(x, offset, weight, mask, geo: Geometry):
     Co, groups = weight.shape[0], geo.groups
     wmat = weight.permute(0, 2, 3, 1).reshape(groups, Co // groups, -1)
     lib = _library()
-
-    def chunk(b0, nb, r0, nr):
-        return _Chunk(lib, offset, (C, H, W, Ho, Wo), geo, b0, nb, r0, nr), slice(b0, b0 + nb), slice(r0 * Wo, (r0 + nr) * Wo)
-
-    return _channels_last(x), offset, mask, wmat, chunk
-
-
-def _plan(x, offset, geo: Geometry):
-    B, C = x.shape[:2]
-    return _chunks(B, C, geo.offset_groups, geo.kh * geo.kw, *offset.shape[2:], x.element_size())
+    chunks = ((_Chunk(lib, x.dtype, (C, H, W, Ho, Wo), geo, b0, nb, r0, nr), slice(b0, b0 + nb),
+               slice(r0 * Wo, (r0 + nr) * Wo)) for b0, nb, r0, nr in _chunks(B, C, geo.kh * geo.kw, Ho, Wo, x.element_size()))
+    return _channels_last(x), offset, mask, wmat, chunks
 
 
 def forward(x, offset, weight, bias, mask, geo: Geometry) -> torch.Tensor:
@@ -228,47 +206,67 @@ def forward(x, offset, weight, bias, mask, geo: Geometry) -> torch.Tensor:
     -> (B, C_out, Ho, Wo)."""
     B, C = x.shape[:2]
     Ho, Wo = offset.shape[2:]
-    Co, groups, K = weight.shape[0], geo.groups, geo.kh * geo.kw
-    xcl, offset, mask, wmat, chunk = _setup(x, offset, weight, mask, geo)
+    Co, groups = weight.shape[0], geo.groups
+    xcl, offset, mask, wmat, chunks = _setup(x, offset, weight, mask, geo)
     out = x.new_empty(B, Co, Ho, Wo)
     by_group = out.view(B, groups, Co // groups, Ho * Wo)
-
-    def one(ch, items, pos):  # a function, so that a chunk's buffers are gone before the next one's
-        cols = x.new_empty(ch.nb, groups, ch.n, K * C // groups)  # (nb, groups, n, K C_in / groups)
-        ch.run("im2col", ch.nb * ch.n, 4 * C * K, xcl, mask, out=(cols,))
+    buffer = _Buffer(x)
+    for ch, items, pos in chunks:
+        cols = buffer.columns(ch, xcl, offset, mask, groups)
         if ch.nr == Ho:
             torch.matmul(wmat, cols.transpose(-1, -2), out=by_group[items])
         else:
             by_group[items, :, :, pos] = torch.matmul(wmat, cols.transpose(-1, -2))
-
-    for plan in _plan(x, offset, geo):
-        one(*chunk(*plan))
     return out if bias is None else out.add_(bias[:, None, None])
+
+
+class _Buffer:
+    """One buffer for every chunk's columns, and one for the backward's per-slice images:
+    allocated once, at the first chunk's size (the largest), so that memory is not handed back
+    and forth with the allocator between chunks."""
+
+    def __init__(self, x):
+        self.x, self.cols, self.images = x, None, None
+
+    def columns(self, ch: _Chunk, xcl, offset, mask, groups: int) -> torch.Tensor:
+        """The chunk's masked columns (nb, groups, n, K C_in / groups)."""
+        C, K = self.x.shape[1], ch.geo[4] * ch.geo[5]
+        shape = (ch.nb, groups, ch.n, K * C // groups)
+        if self.cols is None:
+            self.cols = self.x.new_empty(math.prod(shape))
+        cols = self.cols[: math.prod(shape)].view(shape)
+        ch.run("im2col", xcl, offset, mask, out=(cols,))
+        return cols
+
+    def slice_images(self, ch: _Chunk, xcl) -> torch.Tensor:
+        """Zeros (nb, ns, H W + 1, C), an image gradient for every slice of the chunk."""
+        shape = (ch.nb, ch.ns, *xcl.shape[1:])
+        if self.images is None or self.images.numel() < math.prod(shape):
+            self.images = xcl.new_empty(math.prod(shape))
+        return self.images[: math.prod(shape)].view(shape).zero_()
 
 
 def backward(grad, x, offset, weight, mask, geo: Geometry, need_bias: bool):
     """As functional.deform.backward: the gradients w.r.t. (x, offset, weight, bias, mask)."""
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[2:]
-    Co, groups, K = weight.shape[0], geo.groups, geo.kh * geo.kw
-    xcl, offset, mask, wmat, chunk = _setup(x, offset, weight, mask, geo)
+    Co, groups = weight.shape[0], geo.groups
+    xcl, offset, mask, wmat, chunks = _setup(x, offset, weight, mask, geo)
     go_all = grad.reshape(B, groups, Co // groups, Ho * Wo)
     g_xcl, g_off = torch.zeros_like(xcl), torch.empty_like(offset)
     g_mask = None if mask is None else torch.empty_like(mask)
     g_w = torch.zeros_like(wmat)
-
-    def one(ch, items, pos):
-        cols = x.new_empty(ch.nb, groups, ch.n, K * C // groups)
-        ch.run("im2col", ch.nb * ch.n, 4 * C * K, xcl, mask, out=(cols,))
+    buffer = _Buffer(x)
+    for ch, items, pos in chunks:
+        cols = buffer.columns(ch, xcl, offset, mask, groups)
         go = go_all[items, :, :, pos]  # (nb, groups, C_out / groups, n)
         g_w.add_(torch.matmul(go, cols).sum(0))
         g_cols = torch.matmul(go.transpose(-1, -2), wmat, out=cols)  # d/d(masked columns), in the columns' memory
-        ch.run("col2im", ch.nb * ch.nc, 4 * C * K * ch.n // ch.nc, g_cols, mask, out=(g_xcl,))
-        ch.run("coord_grads", ch.nb * ch.n, 4 * C * K, xcl, g_cols, mask, out=(g_off, g_mask))
-
-    for plan in _plan(x, offset, geo):
-        one(*chunk(*plan))
-    del xcl  # before the input gradient's copy back to (B, C, H, W): a lower peak
+        images = buffer.slice_images(ch, xcl) if ch.ns > 1 else g_xcl
+        ch.run("col2im_coords", xcl, g_cols, offset, mask, out=(images, g_off, g_mask))
+        if ch.ns > 1:
+            g_xcl[items] += images.sum(1)
+    del xcl, buffer, cols, g_cols, images  # before the input gradient's copy back to (B, C, H, W): a lower peak
     g_x = g_xcl[:, :-1].view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
     g_w = g_w.view(Co, geo.kh, geo.kw, C // groups).permute(0, 3, 1, 2).contiguous()
     g_bias = grad.sum((0, 2, 3)) if need_bias else None

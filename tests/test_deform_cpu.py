@@ -58,6 +58,8 @@ def test_wide_inputs_and_position_slices_agree_with_the_grid_sample_path(monkeyp
     bias = torch.randn(Co, dtype=torch.float64, generator=g)
     gout = torch.randn(B, Co, 12, 13, dtype=torch.float64, generator=g)
     slices = []
+    monkeypatch.setattr(deform_cpu, "CHUNK_BYTES", 2**30)  # one chunk: the whole batch
+    monkeypatch.setattr(deform_cpu, "MIN_CHUNK_BYTES", 2**30)
     init = deform_cpu._Chunk.__init__
     monkeypatch.setattr(deform_cpu._Chunk, "__init__", lambda self, *a: init(self, *a) or slices.append(self.ns))
 
@@ -182,3 +184,19 @@ def test_images_beyond_int32_pixel_indices_take_the_grid_sample_path():
     small, huge = torch.zeros(1, 1, 4, 4), torch.zeros(1).expand(1, 1, 46341, 46341)
     assert not deform_cpu.usable(huge)
     assert deform_cpu.usable(small) == deform_cpu.available()
+
+
+@pytest.mark.parametrize("B,C,Ho,Wo", [(8, 64, 56, 56), (8, 64, 28, 28), (1, 256, 128, 128), (3, 2, 5, 7), (64, 16, 14, 14)])
+def test_chunks_cover_the_batch_once_within_their_budget(B, C, Ho, Wo):
+    """Every (item, output row) in exactly one chunk; a chunk's columns at most CHUNK_BYTES and
+    at most a quarter of the call's (unless a quarter is under MIN_CHUNK_BYTES), or one row."""
+    K, itemsize = 9, 4
+    plan = deform_cpu._chunks(B, C, K, Ho, Wo, itemsize)
+    cells = sorted((b, r) for b0, nb, r0, nr in plan for b in range(b0, b0 + nb) for r in range(r0, r0 + nr))
+    assert cells == [(b, r) for b in range(B) for r in range(Ho)]
+    row, total = K * Wo * C * itemsize, B * Ho * K * Wo * C * itemsize
+    budget = min(deform_cpu.CHUNK_BYTES, max(deform_cpu.MIN_CHUNK_BYTES, total // 4))
+    for b0, nb, r0, nr in plan:
+        assert nb * nr * row <= budget or (nb, nr) == (1, 1)
+        assert nb == 1 or nr == Ho  # several items only as whole items
+    assert len(plan) == 1 or max(nb * nr for _, nb, _, nr in plan) * row > budget // 2  # not needlessly small

@@ -8,9 +8,9 @@
 // already in the process, so the threads that just ran torch's GEMM, and spin waiting for more,
 // run these loops too); std::threads where the compiler has no OpenMP.
 //
-// Layouts. The image is channels-last with one extra zero pixel per item: xcl (B, H W + 1, C);
-// a corner outside the image reads that pixel. A chunk is batch items [b0, b0 + nb) and output
-// rows [r0, r0 + nr), n = nr * Wo positions. Its columns are cols (nb, groups, n, K, Cg), so
+// Layouts. A chunk is nb batch items and output rows [r0, r0 + nr), n = nr * Wo positions; every
+// pointer a kernel gets starts at the chunk's first item. Its image is channels-last with one
+// extra zero pixel per item: xcl (nb, H W + 1, C); a corner outside the image reads that pixel. Its columns are cols (nb, groups, n, K, Cg), so
 // that each weight group's (n, K Cg) block meets the weight in one GEMM, and the channels of a
 // tap are contiguous (the inner loops run over channels).
 //
@@ -19,7 +19,7 @@
 // at once. A corner outside the image points at the zero pixel with all weights 0; a tap at or
 // beyond one pixel outside has every weight 0 (it reads 0, and passes no gradient to its offset).
 //
-// geo (int64[19]): C, H, W, G, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, b0, r0, groups, ns, nb
+// geo (int64[18]): C, H, W, G, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, r0, groups, ns, nb
 // (ns: slices of each item's positions in the backward, whose units are (item, slice); nb: the
 // chunk's items).
 #include <algorithm>
@@ -69,13 +69,13 @@ void parallel(int64_t units, int64_t work, int64_t threads, F&& make) {
 }
 
 struct Geo {
-  int64_t C, H, W, G, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, b0, r0, groups, ns, nb;
+  int64_t C, H, W, G, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, r0, groups, ns, nb;
   int64_t K, L, P, Cg, CG;  // taps, output positions, pixels per item (the zero pixel last), channels per group and per offset group
 };
 
 Geo read(const int64_t* g) {
   Geo r{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15], g[16], g[17],
-        g[18], 0, 0, 0, 0, 0};
+        0, 0, 0, 0, 0};
   r.K = r.kh * r.kw, r.L = r.Ho * r.Wo, r.P = r.H * r.W + 1, r.Cg = r.C / r.groups, r.CG = r.C / r.G;
   return r;
 }
@@ -229,14 +229,14 @@ void im2col(const T* __restrict xcl, const T* __restrict offset, const T* __rest
       const int64_t M = tp.M;
       const int32_t* id = tp.idx.data();
       const T *w = tp.w.data(), *mk = tp.m.data();
-      const int64_t bi = u / blocks, p0 = (u % blocks) * NJ, nj = std::min(NJ, n - p0), b = g.b0 + bi;
+      const int64_t b = u / blocks, p0 = (u % blocks) * NJ, nj = std::min(NJ, n - p0);
       tp.fill(offset, mask, g, b, g.r0 * g.Wo + p0, nj);
       const T* img = xcl + b * g.P * C;
       for (int64_t og = 0; og < g.G; ++og) {
         for (const Run* r = runs.begin(og); r != runs.end(og); ++r) {
           const T* im = img + r->c0;
           for (int64_t j = 0; j < nj; ++j) {
-            T* o = cols + (((bi * g.groups + r->q) * n + p0 + j) * K) * g.Cg + r->c0 - r->q * g.Cg;  // tap 0, channel c0
+            T* o = cols + (((b * g.groups + r->q) * n + p0 + j) * K) * g.Cg + r->c0 - r->q * g.Cg;  // tap 0, channel c0
             for (int64_t k = 0; k < K; ++k, o += g.Cg) {
               const int64_t e = (og * K + k) * NJ + j;
               const T m = mk[e];
@@ -253,11 +253,10 @@ void im2col(const T* __restrict xcl, const T* __restrict offset, const T* __rest
 // Units: (item, slice of its positions), ns slices per item. Given the columns' gradient gcols
 // (d/d(masked columns)):
 //  - the image gradient: gcols spread back to the taps' corners, added to image `slot` of gx
-//    (P C numbers each), slot = the item b itself when ns == 1 (gx is the whole gradient), else
-//    bi * ns + slice (gx is one private image per unit, which Python adds up): no two threads
-//    write one address;
-//  - the offset gradient (dy, dx) and the mask gradient of every tap, into goff (B, 2 G K, Ho, Wo)
-//    and gmask (B, G K, Ho, Wo) or null: sums over the offset group's channels of gcols times
+//    (P C numbers each), slot = the item when ns == 1 (gx is (nb, H W + 1, C) like xcl), else
+//    the unit (gx is one image per unit, which Python adds up): no two threads write one address;
+//  - the offset gradient (dy, dx) and the mask gradient of every tap, into goff (nb, 2 G K, Ho, Wo)
+//    and gmask (nb, G K, Ho, Wo) or null: sums over the offset group's channels of gcols times
 //    d(sample)/d(y, x), and times the unmasked sample.
 template <typename T>
 void col2im_coords(const T* __restrict xcl, const T* __restrict gcols, const T* __restrict offset,
@@ -273,7 +272,7 @@ void col2im_coords(const T* __restrict xcl, const T* __restrict gcols, const T* 
       const int32_t* id = tp.idx.data();
       const T *w = tp.w.data(), *ay = tp.ay.data(), *ax = tp.ax.data(), *mk = tp.m.data();
       T* d = dots.data();
-      const int64_t bi = u / ns, sl = u % ns, b = g.b0 + bi;
+      const int64_t b = u / ns, sl = u % ns;
       const T* img = xcl + b * g.P * C;
       T* gimg = gx + (ns == 1 ? b : u) * g.P * C;
       for (int64_t p0 = n * sl / ns, end = n * (sl + 1) / ns; p0 < end; p0 += NJ) {
@@ -285,7 +284,7 @@ void col2im_coords(const T* __restrict xcl, const T* __restrict gcols, const T* 
             const T* im = img + r->c0;
             T* gi = gimg + r->c0;
             for (int64_t j = 0; j < nj; ++j) {
-              const T* s = gcols + (((bi * g.groups + r->q) * n + p0 + j) * K) * g.Cg + r->c0 - r->q * g.Cg;
+              const T* s = gcols + (((b * g.groups + r->q) * n + p0 + j) * K) * g.Cg + r->c0 - r->q * g.Cg;
               for (int64_t k = 0; k < K; ++k, s += g.Cg) {
                 const int64_t e = (og * K + k) * NJ + j;
                 const int64_t i0 = id[e] * C, i1 = id[M + e] * C, i2 = id[2 * M + e] * C, i3 = id[3 * M + e] * C;
@@ -328,7 +327,7 @@ void col2im_coords(const T* __restrict xcl, const T* __restrict gcols, const T* 
 STNKIT_EXPORT(float, f32)
 STNKIT_EXPORT(double, f64)
 
-extern "C" int stnkit_dcn_abi() { return 4; }
+extern "C" int stnkit_dcn_abi() { return 5; }
 #ifdef _OPENMP
 extern "C" int stnkit_dcn_openmp() { return 1; }
 #else

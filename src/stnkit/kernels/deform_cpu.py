@@ -13,7 +13,7 @@ results, slower: a warning says so once.
     backward(grad, x, offset, weight, mask, geo, need_bias)  as functional.deform.backward
 
 Work is done in chunks (batch items, and output rows when one item is too large) whose columns
-stay under CHUNK_BYTES; a chunk's columns meet the weight in torch's GEMM, and the kernel splits
+stay under CHUNK_BYTES (see _chunks); a chunk's columns meet the weight in torch's GEMM, and the kernel splits
 its own loops over torch.get_num_threads() threads: OpenMP's (built with -fopenmp, it shares
 torch's OpenMP threads where torch uses GNU OpenMP), else std::threads (ctypes releases the GIL).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import math
 import os
 import platform
@@ -39,14 +40,15 @@ from ..functional.deform import Geometry
 SOURCE = Path(__file__).with_name("deform_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC")
 OPENMP = ("-fopenmp",)  # tried first; without it (clang with no libomp) the kernel uses std::thread
-CHUNK_BYTES = 16 * 2**20  # the columns of one chunk
+CHUNK_BYTES = 16 * 2**20  # the columns of one chunk, at most
+MIN_CHUNK_BYTES = 2**20  # ... and at most a quarter of the call's columns, unless that is under this
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {  # (*inputs, geo, nr, threads, *outputs)
     "im2col": [_P, _P, _P, _P, _I, _I, _P],
     "col2im_coords": [_P, _P, _P, _P, _P, _I, _I, _P, _P, _P],
 }
-ABI = 4
+ABI = 5
 _state: dict = {}
 _lock = threading.Lock()
 
@@ -145,105 +147,115 @@ def _ptr(t: torch.Tensor | None):
 
 
 class _Chunk:
-    """Items [b0, b0 + nb) and output rows [r0, r0 + nr) of a call: its geometry array, its
-    n = nr * Wo positions, and ns, the slices of each item's positions that the backward's threads
-    share. More than one only where there are fewer items than threads: each slice then spreads
-    its gradient into an image of its own (ns images per item, together at most half the chunk's
-    columns), which are added up after."""
+    """Output rows [r0, r0 + nr) of nb batch items: its geometry array, its n = nr * Wo positions,
+    and ns, the slices of each item's positions that the backward's threads share. More than one
+    only where there are fewer items than threads: each slice then spreads its gradient into an
+    image of its own (ns images per item, together at most half the chunk's columns), which are
+    added up after."""
 
-    def __init__(self, lib, dtype, shape, geo: Geometry, b0: int, nb: int, r0: int, nr: int):
+    def __init__(self, lib, dtype, shape, geo: Geometry, nb: int, r0: int, nr: int):
         C, H, W, Ho, Wo = shape
         K, n = geo.kh * geo.kw, nr * Wo
         ns = max(1, min(-(-torch.get_num_threads() // nb), n // 32, K * n // (2 * (H * W + 1))))
         self.lib, self.s, self.nb, self.nr, self.n, self.ns = lib, DTYPES[dtype], nb, nr, n, ns
-        self.geo = (ctypes.c_int64 * 19)(C, H, W, geo.offset_groups, geo.kh, geo.kw, Ho, Wo, *geo.stride,
-                                         *geo.padding, *geo.dilation, b0, r0, geo.groups, ns, nb)
+        self.pos = slice(r0 * Wo, (r0 + nr) * Wo)  # its output positions
+        self.geo = (ctypes.c_int64 * 18)(C, H, W, geo.offset_groups, geo.kh, geo.kw, Ho, Wo, *geo.stride,
+                                         *geo.padding, *geo.dilation, r0, geo.groups, ns, nb)
 
     def run(self, name: str, *inputs, out=()) -> None:
-        """kernel(*inputs, geo, nr, threads, *out) on the chunk, on up to torch.get_num_threads() threads."""
+        """kernel(*inputs, geo, nr, threads, *out) on up to torch.get_num_threads() threads; every
+        tensor starts at the chunk's first item."""
         f = getattr(self.lib, f"stnkit_dcn_{name}_{self.s}")
         f(*map(_ptr, inputs), ctypes.addressof(self.geo), self.nr, torch.get_num_threads(), *map(_ptr, out))
 
 
 def _chunks(B: int, C: int, K: int, Ho: int, Wo: int, itemsize: int):
-    """(b0, nb, r0, nr) covering the batch, each chunk's columns under CHUNK_BYTES."""
+    """(b0, nb, r0, nr) covering the batch: items [b0, b0 + nb), output rows [r0, r0 + nr). A
+    chunk's columns stay under CHUNK_BYTES and, unless that is under MIN_CHUNK_BYTES, under a
+    quarter of the call's: the work memory (a chunk's columns, and its items' image and image
+    gradient channels-last) stays below the columns of the whole call."""
     per_row = K * Wo * C * itemsize
-    items = CHUNK_BYTES // (per_row * Ho)
+    budget = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, B * Ho * per_row // 4))
+    items = budget // (per_row * Ho)
     if items >= 1:
         return [(b0, min(items, B - b0), 0, Ho) for b0 in range(0, B, items)]
-    rows = max(1, CHUNK_BYTES // per_row)
+    rows = max(1, budget // per_row)
     return [(b, 1, r0, min(rows, Ho - r0)) for b in range(B) for r0 in range(0, Ho, rows)]
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """x (B, C, H, W) -> (B, H W + 1, C), the last pixel 0 (where corners outside the image read)."""
+def _groups(x, offset, geo: Geometry):
+    """(the items, their chunks) for each run of chunks of the same items."""
     B, C, H, W = x.shape
-    out = x.new_empty(B, H * W + 1, C)
-    out[:, :-1].view(B, H, W, C).copy_(x.permute(0, 2, 3, 1))
+    Ho, Wo = offset.shape[2:]
+    lib = _library()
+    plan = _chunks(B, C, geo.kh * geo.kw, Ho, Wo, x.element_size())
+    for (b0, nb), rows in itertools.groupby(plan, key=lambda c: c[:2]):
+        yield slice(b0, b0 + nb), [_Chunk(lib, x.dtype, (C, H, W, Ho, Wo), geo, nb, r0, nr) for _, _, r0, nr in rows]
+
+
+class _Buffers:
+    """Work buffers reused from chunk to chunk, one per name, allocated at the first chunk's size
+    (the largest), so that memory is not handed back and forth with the allocator."""
+
+    def __init__(self, like: torch.Tensor):
+        self.like, self.data = like, {}
+
+    def take(self, name: str, shape) -> torch.Tensor:
+        n = math.prod(shape)
+        if name not in self.data or self.data[name].numel() < n:
+            self.data.pop(name, None)
+            self.data[name] = self.like.new_empty(n)
+        return self.data[name][:n].view(shape)
+
+
+def _channels_last(x: torch.Tensor, bufs: _Buffers) -> torch.Tensor:
+    """x (b, C, H, W) -> (b, H W + 1, C), the last pixel 0 (where corners outside the image read)."""
+    b, C, H, W = x.shape
+    out = bufs.take("image", (b, H * W + 1, C))
+    out[:, :-1].view(b, H, W, C).copy_(x.permute(0, 2, 3, 1))
     out[:, -1] = 0
     return out
 
 
-def _setup(x, offset, weight, mask, geo: Geometry):
-    """-> (channels-last image, contiguous offset and mask, the weight as (groups, C_out / groups,
-    K C_in / groups) in the columns' (tap, channel) order, and the chunks: (its _Chunk, its
-    items, its output positions) for each)."""
-    offset = offset.contiguous()
-    mask = None if mask is None else mask.contiguous()
-    B, C, H, W = x.shape
-    Ho, Wo = offset.shape[2:]
+def _columns(ch: _Chunk, bufs: _Buffers, xcl, offset, mask, groups: int) -> torch.Tensor:
+    """The chunk's masked columns (nb, groups, n, K C_in / groups); offset and mask from its first item."""
+    K, C = ch.geo[4] * ch.geo[5], xcl.shape[-1]
+    cols = bufs.take("columns", (ch.nb, groups, ch.n, K * C // groups))
+    ch.run("im2col", xcl, offset, mask, out=(cols,))
+    return cols
+
+
+def _at(t: torch.Tensor | None, items: slice):
+    return None if t is None else t[items]
+
+
+def _prepare(offset, weight, mask, geo: Geometry):
+    """-> (contiguous offset and mask, the weight as (groups, C_out / groups, K C_in / groups)
+    in the columns' (tap, channel) order)."""
     Co, groups = weight.shape[0], geo.groups
-    wmat = weight.permute(0, 2, 3, 1).reshape(groups, Co // groups, -1)
-    lib = _library()
-    chunks = ((_Chunk(lib, x.dtype, (C, H, W, Ho, Wo), geo, b0, nb, r0, nr), slice(b0, b0 + nb),
-               slice(r0 * Wo, (r0 + nr) * Wo)) for b0, nb, r0, nr in _chunks(B, C, geo.kh * geo.kw, Ho, Wo, x.element_size()))
-    return _channels_last(x), offset, mask, wmat, chunks
+    mask = None if mask is None else mask.contiguous()
+    return offset.contiguous(), mask, weight.permute(0, 2, 3, 1).reshape(groups, Co // groups, -1)
 
 
 def forward(x, offset, weight, bias, mask, geo: Geometry) -> torch.Tensor:
     """As functional.deform.forward: x (B, C_in, H, W), offset (B, 2 G K, Ho, Wo), weight
     (C_out, C_in / groups, kh, kw), bias (C_out,) or None, mask (B, G K, Ho, Wo) or None
     -> (B, C_out, Ho, Wo)."""
-    B, C = x.shape[:2]
-    Ho, Wo = offset.shape[2:]
+    B, Ho, Wo = x.shape[0], *offset.shape[2:]
     Co, groups = weight.shape[0], geo.groups
-    xcl, offset, mask, wmat, chunks = _setup(x, offset, weight, mask, geo)
+    offset, mask, wmat = _prepare(offset, weight, mask, geo)
     out = x.new_empty(B, Co, Ho, Wo)
     by_group = out.view(B, groups, Co // groups, Ho * Wo)
-    buffer = _Buffer(x)
-    for ch, items, pos in chunks:
-        cols = buffer.columns(ch, xcl, offset, mask, groups)
-        if ch.nr == Ho:
-            torch.matmul(wmat, cols.transpose(-1, -2), out=by_group[items])
-        else:
-            by_group[items, :, :, pos] = torch.matmul(wmat, cols.transpose(-1, -2))
+    bufs = _Buffers(x)
+    for items, chunks in _groups(x, offset, geo):
+        xcl = _channels_last(x[items], bufs)
+        for ch in chunks:
+            cols = _columns(ch, bufs, xcl, offset[items], _at(mask, items), groups)
+            if ch.nr == Ho:
+                torch.matmul(wmat, cols.transpose(-1, -2), out=by_group[items])
+            else:
+                by_group[items, :, :, ch.pos] = torch.matmul(wmat, cols.transpose(-1, -2))
     return out if bias is None else out.add_(bias[:, None, None])
-
-
-class _Buffer:
-    """One buffer for every chunk's columns, and one for the backward's per-slice images:
-    allocated once, at the first chunk's size (the largest), so that memory is not handed back
-    and forth with the allocator between chunks."""
-
-    def __init__(self, x):
-        self.x, self.cols, self.images = x, None, None
-
-    def columns(self, ch: _Chunk, xcl, offset, mask, groups: int) -> torch.Tensor:
-        """The chunk's masked columns (nb, groups, n, K C_in / groups)."""
-        C, K = self.x.shape[1], ch.geo[4] * ch.geo[5]
-        shape = (ch.nb, groups, ch.n, K * C // groups)
-        if self.cols is None:
-            self.cols = self.x.new_empty(math.prod(shape))
-        cols = self.cols[: math.prod(shape)].view(shape)
-        ch.run("im2col", xcl, offset, mask, out=(cols,))
-        return cols
-
-    def slice_images(self, ch: _Chunk, xcl) -> torch.Tensor:
-        """Zeros (nb, ns, H W + 1, C), an image gradient for every slice of the chunk."""
-        shape = (ch.nb, ch.ns, *xcl.shape[1:])
-        if self.images is None or self.images.numel() < math.prod(shape):
-            self.images = xcl.new_empty(math.prod(shape))
-        return self.images[: math.prod(shape)].view(shape).zero_()
 
 
 def backward(grad, x, offset, weight, mask, geo: Geometry, need_bias: bool):
@@ -251,23 +263,26 @@ def backward(grad, x, offset, weight, mask, geo: Geometry, need_bias: bool):
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[2:]
     Co, groups = weight.shape[0], geo.groups
-    xcl, offset, mask, wmat, chunks = _setup(x, offset, weight, mask, geo)
+    offset, mask, wmat = _prepare(offset, weight, mask, geo)
     go_all = grad.reshape(B, groups, Co // groups, Ho * Wo)
-    g_xcl, g_off = torch.zeros_like(xcl), torch.empty_like(offset)
+    g_x, g_off = torch.empty_like(x), torch.empty_like(offset)
     g_mask = None if mask is None else torch.empty_like(mask)
     g_w = torch.zeros_like(wmat)
-    buffer = _Buffer(x)
-    for ch, items, pos in chunks:
-        cols = buffer.columns(ch, xcl, offset, mask, groups)
-        go = go_all[items, :, :, pos]  # (nb, groups, C_out / groups, n)
-        g_w.add_(torch.matmul(go, cols).sum(0))
-        g_cols = torch.matmul(go.transpose(-1, -2), wmat, out=cols)  # d/d(masked columns), in the columns' memory
-        images = buffer.slice_images(ch, xcl) if ch.ns > 1 else g_xcl
-        ch.run("col2im_coords", xcl, g_cols, offset, mask, out=(images, g_off, g_mask))
-        if ch.ns > 1:
-            g_xcl[items] += images.sum(1)
-    del xcl, buffer, cols, g_cols, images  # before the input gradient's copy back to (B, C, H, W): a lower peak
-    g_x = g_xcl[:, :-1].view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+    bufs = _Buffers(x)
+    for items, chunks in _groups(x, offset, geo):
+        xcl = _channels_last(x[items], bufs)
+        g_xcl = bufs.take("image gradient", xcl.shape).zero_()
+        for ch in chunks:
+            cols = _columns(ch, bufs, xcl, offset[items], _at(mask, items), groups)
+            go = go_all[items, :, :, ch.pos]  # (nb, groups, C_out / groups, n)
+            g_w.add_(torch.matmul(go, cols).sum(0))
+            g_cols = torch.matmul(go.transpose(-1, -2), wmat, out=cols)  # d/d(masked columns), in the columns' memory
+            images = bufs.take("slice images", (ch.nb, ch.ns, *xcl.shape[1:])).zero_() if ch.ns > 1 else g_xcl
+            ch.run("col2im_coords", xcl, g_cols, offset[items], _at(mask, items),
+                   out=(images, g_off[items], _at(g_mask, items)))
+            if ch.ns > 1:
+                g_xcl += images.sum(1)
+        g_x[items] = g_xcl[:, :-1].view(-1, H, W, C).permute(0, 3, 1, 2)
     g_w = g_w.view(Co, geo.kh, geo.kw, C // groups).permute(0, 3, 1, 2).contiguous()
     g_bias = grad.sum((0, 2, 3)) if need_bias else None
     return g_x, g_off, g_w, g_bias, g_mask

@@ -10,14 +10,16 @@
 //
 // Layouts. A chunk is nb batch items and output rows [r0, r0 + nr), n = nr * Wo positions; every
 // pointer a kernel gets starts at the chunk's first item. Its image is channels-last with one
-// extra zero pixel per item: xcl (nb, H W + 1, C); a corner outside the image reads that pixel. Its columns are cols (nb, groups, n, K, Cg), so
-// that each weight group's (n, K Cg) block meets the weight in one GEMM, and the channels of a
-// tap are contiguous (the inner loops run over channels).
+// extra zero pixel per item: xcl (nb, H W + 1, C); a corner outside the image reads that pixel.
+// Its columns are cols (nb, groups, n, K, Cg), so that each weight group's (n, K Cg) block meets
+// the weight in one GEMM, and the channels of a tap are contiguous (the inner loops run over
+// channels).
 //
 // Where the taps sample is never stored: each work unit computes it for a block of NJ positions
-// at a time (Taps below, vectorised over positions, in a scratch that stays in L1) and uses it
-// at once. A corner outside the image points at the zero pixel with all weights 0; a tap at or
-// beyond one pixel outside has every weight 0 (it reads 0, and passes no gradient to its offset).
+// at a time (Taps below, vectorised over positions, in a scratch of about 20 KB per offset
+// group that stays in cache) and uses it at once. A corner outside the image points at the zero
+// pixel with all weights 0; a tap at or beyond one pixel outside has every weight 0 (it reads 0,
+// and passes no gradient to its offset).
 //
 // geo (int64[18]): C, H, W, G, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, r0, groups, ns, nb
 // (ns: slices of each item's positions in the backward, whose units are (item, slice); nb: the
@@ -187,9 +189,9 @@ inline void lerp4(T* __restrict o, const T* __restrict a0, const T* __restrict a
   for (; c < C; ++c) o[c] = w0 * a0[c] + w1 * a1[c] + w2 * a2[c] + w3 * a3[c];
 }
 
-// gi[c] += wi s[c] (the sample's gradient s spread to its 4 corners), and d[i] += sum_c s[c] ai[c]
-// (its dot product with each corner's channels; d is (4, M) and this is entry e), c < C. The g pointers may meet only at the zero
-// pixel, whose value is never read.
+// gi[c] += wi s[c] (the sample's gradient s spread to its 4 corners), and d[i M + e] += sum_c s[c]
+// ai[c] (its dot product with each corner's channels, into entry e of d (4, M)), c < C. The g
+// pointers may meet only at the zero pixel, whose value is never read.
 template <typename T>
 inline void spread4(const T* __restrict s, const T* __restrict a0, const T* __restrict a1, const T* __restrict a2,
                     const T* __restrict a3, T* g0, T* g1, T* g2, T* g3, T w0, T w1, T w2, T w3, int64_t C, T* d,

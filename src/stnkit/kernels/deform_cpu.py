@@ -134,12 +134,13 @@ def why_not() -> str | None:
     return _state["why"]
 
 
-MAX_PIXELS = 2**31 - 2  # the kernel indexes an item's pixels (and its zero pixel) with int32
+INT32 = 2**31 - 1  # the kernel indexes pixels with int32, up to (H + 2) (W + 2) (taps clamped to 2 pixels outside)
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether the kernel runs on x (B, C, H, W): CPU, float32/64, H W within int32, and built."""
-    return x.device.type == "cpu" and x.dtype in DTYPES and x.shape[-2] * x.shape[-1] <= MAX_PIXELS and available()
+    """Whether the kernel runs on x (B, C, H, W): CPU, float32/64, pixel indices within int32, built."""
+    fits = (x.shape[-2] + 2) * (x.shape[-1] + 2) <= INT32
+    return x.device.type == "cpu" and x.dtype in DTYPES and fits and available()
 
 
 def _ptr(t: torch.Tensor | None):

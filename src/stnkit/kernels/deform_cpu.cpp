@@ -25,7 +25,6 @@
 // (ns: slices of each item's positions in the backward, whose units are (item, slice); nb: the
 // chunk's items).
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -120,7 +119,9 @@ struct Taps {
   std::vector<T> by, bx;  // (NJ,): the kernel's origin in the image at each position
   explicit Taps(const Geo& g) : M(g.G * g.K * NJ), idx(4 * M), w(4 * M), ay(4 * M), ax(4 * M), m(M), by(NJ), bx(NJ) {}
 
-  // The taps of positions [pos0, pos0 + nj) of item b (pos: index into the item's Ho Wo).
+  // The taps of positions [pos0, pos0 + nj) of item b (pos: index into the item's Ho Wo); the
+  // derivatives ay, ax only if `grads` (the forward does not read them).
+  template <bool grads>
   void fill(const T* __restrict offset, const T* __restrict mask, const Geo& g, int64_t b, int64_t pos0, int64_t nj) {
     for (int64_t j = 0; j < nj; ++j) {
       const int64_t pos = pos0 + j;
@@ -161,8 +162,10 @@ struct Taps {
           id[2 * M + j] = o2 != T(0) ? base + W : zero, id[3 * M + j] = o3 != T(0) ? base + W + 1 : zero;
           w_[j] = o0 * hy * hx + nan, w_[M + j] = o1 * hy * lx + nan;
           w_[2 * M + j] = o2 * ly * hx + nan, w_[3 * M + j] = o3 * ly * lx + nan;
-          ay_[j] = -o0 * hx + nan, ay_[M + j] = -o1 * lx + nan, ay_[2 * M + j] = o2 * hx + nan, ay_[3 * M + j] = o3 * lx + nan;
-          ax_[j] = -o0 * hy + nan, ax_[M + j] = o1 * hy + nan, ax_[2 * M + j] = -o2 * ly + nan, ax_[3 * M + j] = o3 * ly + nan;
+          if constexpr (grads) {
+            ay_[j] = -o0 * hx + nan, ay_[M + j] = -o1 * lx + nan, ay_[2 * M + j] = o2 * hx + nan, ay_[3 * M + j] = o3 * lx + nan;
+            ax_[j] = -o0 * hy + nan, ax_[M + j] = o1 * hy + nan, ax_[2 * M + j] = -o2 * ly + nan, ax_[3 * M + j] = o3 * ly + nan;
+          }
         }
         T* __restrict m_ = m.data() + e0;
         for (int64_t j = 0; j < nj; ++j) m_[j] = mk ? mk[j] : T(1);
@@ -232,7 +235,7 @@ void im2col(const T* __restrict xcl, const T* __restrict offset, const T* __rest
       const int32_t* id = tp.idx.data();
       const T *w = tp.w.data(), *mk = tp.m.data();
       const int64_t b = u / blocks, p0 = (u % blocks) * NJ, nj = std::min(NJ, n - p0);
-      tp.fill(offset, mask, g, b, g.r0 * g.Wo + p0, nj);
+      tp.template fill<false>(offset, mask, g, b, g.r0 * g.Wo + p0, nj);
       const T* img = xcl + b * g.P * C;
       for (int64_t og = 0; og < g.G; ++og) {
         for (const Run* r = runs.begin(og); r != runs.end(og); ++r) {
@@ -279,7 +282,7 @@ void col2im_coords(const T* __restrict xcl, const T* __restrict gcols, const T* 
       T* gimg = gx + (ns == 1 ? b : u) * g.P * C;
       for (int64_t p0 = n * sl / ns, end = n * (sl + 1) / ns; p0 < end; p0 += NJ) {
         const int64_t nj = std::min(NJ, end - p0), pos0 = g.r0 * g.Wo + p0;
-        tp.fill(offset, mask, g, b, pos0, nj);
+        tp.template fill<true>(offset, mask, g, b, pos0, nj);
         std::fill(dots.begin(), dots.end(), T(0));
         for (int64_t og = 0; og < g.G; ++og) {
           for (const Run* r = runs.begin(og); r != runs.end(og); ++r) {

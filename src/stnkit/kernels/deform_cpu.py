@@ -13,9 +13,9 @@ results, slower: a warning says so once.
     backward(grad, x, offset, weight, mask, geo, need_bias)  as functional.deform.backward
 
 Work is done in chunks (batch items, and output rows when one item is too large) whose columns
-stay under CHUNK_BYTES (see _chunks); a chunk's columns meet the weight in torch's GEMM, and the kernel splits
-its own loops over torch.get_num_threads() threads: OpenMP's (built with -fopenmp, it shares
-torch's OpenMP threads where torch uses GNU OpenMP), else std::threads (ctypes releases the GIL).
+stay under CHUNK_BYTES (see _chunks); a chunk's columns meet the weight in torch's GEMM, and
+the kernel splits its own loops over torch.get_num_threads() threads: OpenMP's (built with
+-fopenmp, it shares torch's OpenMP threads where torch uses GNU OpenMP), else std::threads.
 """
 from __future__ import annotations
 
